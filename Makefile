@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install dataset sample run test lint repro-check bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(STAMP)  ## virtualenv with the pinned torch/torchvision/MLflow/DVC (requirements.lock)
+
+dataset:  ## Debian's real Fashion-MNIST, the first of data.sources (skipped if present or impossible)
+	@[ -d /usr/share/datasets/fashion-mnist ] || { command -v apt-get >/dev/null && \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; } \
+	  || echo "note: could not install dataset-fashion-mnist; the download stage will try the mirrors"; }
+
+sample: install  ## the small synthetic IDX dataset tracked by data.dvc
+	@[ -d data/sample ] || fashion-mlops make-sample
+
+run: install dataset sample  ## the main job: the whole DVC pipeline on params.yaml
+	dvc repro
+
+test: install sample  ## the test suite
+	pytest -q
+
+lint: install
+	ruff check src tests benchmarks && ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns runs data/raw reports/*.json reports/*.csv reports/*.png

@@ -1,0 +1,1 @@
+"""fashion-mlops: reproducible, tracked CNN sweeps on Fashion-MNIST."""

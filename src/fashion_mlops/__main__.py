@@ -1,0 +1,5 @@
+import sys
+
+from fashion_mlops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""`fashion-mlops download | sweep | evaluate | validate`: what dvc.yaml calls, one command per stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fashion_mlops.config import ConfigError, Params, load_params
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+INTERRUPTED = 130
+
+
+def cmd_validate(params: Params, args: argparse.Namespace) -> None:
+    cells = params.cells()
+    print(f"{args.params}: valid; {len(cells)} run(s), architecture(s): {', '.join(sorted({c.arch for c in cells}))}")
+
+
+def cmd_download(params: Params, args: argparse.Namespace) -> None:
+    from fashion_mlops.download import download_dataset
+    from fashion_mlops.manifest import load_manifest
+
+    manifest = load_manifest(params.data.manifest)
+    for line in download_dataset(manifest, params.data.sources, Path(params.data.dir), params.data.timeout_s):
+        print(line)
+
+
+def cmd_sweep(params: Params, args: argparse.Namespace) -> None:
+    from fashion_mlops.sweep import run_sweep
+
+    run_sweep(params, Path(args.params), Path(args.reports))
+
+
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from fashion_mlops.evaluate import run_evaluate
+
+    result = run_evaluate(params, Path(args.reports))
+    verdict = "promoted to" if result["promoted"] else "did not beat the holder of"
+    print(
+        f"test accuracy {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f}; "
+        f"{result['model_name']} v{result['model_version']} {verdict} @{result['alias']} "
+        f"(now v{result['champion_version']})"
+    )
+
+
+def cmd_make_sample(params: Params, args: argparse.Namespace) -> None:
+    from fashion_mlops.sample import write_sample_dataset
+
+    manifest = write_sample_dataset(Path(args.out), n_train=args.train, n_test=args.test, seed=args.seed)
+    print(f"wrote a synthetic MNIST-format dataset to {args.out} (manifest: {manifest})")
+
+
+COMMANDS: dict[str, Callable[[Params, argparse.Namespace], None]] = {
+    "validate": cmd_validate,
+    "download": cmd_download,
+    "sweep": cmd_sweep,
+    "evaluate": cmd_evaluate,
+    "make-sample": cmd_make_sample,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashion-mlops", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--reports", default="reports", help="reports directory (default: reports)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="check params.yaml and print the grid size")
+    sub.add_parser("download", help="fetch and verify the dataset into data.dir")
+    sub.add_parser("sweep", help="train every grid cell, track it, pick the best on validation")
+    sub.add_parser("evaluate", help="test the best model, register it, move the alias if better")
+    sample = sub.add_parser("make-sample", help="write the small synthetic IDX dataset that data.dvc tracks")
+    sample.add_argument("--out", default="data/sample")
+    sample.add_argument("--train", type=int, default=2000)
+    sample.add_argument("--test", type=int, default=500)
+    sample.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    logging.basicConfig(level=os.environ.get("FASHION_MLOPS_LOG", "WARNING"))
+    if args.command == "make-sample":
+        cmd_make_sample(None, args)  # needs no params
+        return 0
+    try:
+        params = load_params(Path(args.params))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    from fashion_mlops.errors import USER_ERRORS
+
+    try:
+        COMMANDS[args.command](params, args)
+    except KeyboardInterrupt:
+        print("interrupted: the current run was ended as KILLED; run again to resume", file=sys.stderr)
+        return INTERRUPTED
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return RUN_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""One training run on in-memory tensors: epochs, evaluation and metrics. No tracking in here."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashion_mlops.config import TrainConfig
+from fashion_mlops.datasets import Split, Splits
+
+DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs that catch a NaN/inf loss early
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    epoch_duration_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+EpochCallback = Callable[[EpochResult, nn.Module], None]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA, then MPS, then CPU, unless a device is asked for by name."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 N x 1 x 28 x 28 -> float32 in [0, 1], the models' input format."""
+    x = images.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random horizontal flip and (for crop_flip) random crop after zero-padding, per image, on tensors."""
+    n, device = len(x), x.device
+    if kind == "crop_flip":
+        padded = F.pad(x, (pad, pad, pad, pad))
+        shift = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
+        side = torch.arange(x.shape[-1], device=device)
+        rows = (shift[0][:, None] + side)[:, :, None]
+        cols = (shift[1][:, None] + side)[:, None, :]
+        x = padded[torch.arange(n, device=device)[:, None, None], 0, rows, cols].unsqueeze(1)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, channels_last: bool = False, tta_flip: bool = False
+) -> torch.Tensor:
+    """Log-probabilities for uint8 images, in batches; with `tta_flip`, averaged with the mirrored image."""
+    set_eval_mode(model)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start : start + batch_size], channels_last)
+        probs = model(x).float().softmax(1)
+        if tta_flip:
+            probs = (probs + model(x.flip(-1)).float().softmax(1)) / 2
+        outputs.append(probs.clamp_min(1e-12).log())
+    return torch.cat(outputs)
+
+
+def set_eval_mode(model: nn.Module) -> None:
+    """Switch to inference behaviour; a torch.export module loaded from MLflow is already frozen in it."""
+    with contextlib.suppress(NotImplementedError):
+        model.eval()
+
+
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, channels_last: bool = False, tta_flip: bool = False
+) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) on a split."""
+    log_probs = predict_logits(model, split.images, batch_size, channels_last, tta_flip)
+    labels = split.labels.to(log_probs.device)
+    loss = F.nll_loss(log_probs, labels).item()
+    accuracy = (log_probs.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(
+    model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device, on_epoch_end: EpochCallback | None = None
+) -> list[EpochResult]:
+    """Train `model` for `cfg.epochs` on `data.train`, measuring `data.val` after every epoch."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    channels_last = cfg.channels_last and device.type != "mps"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    step_fn = torch.compile(model) if cfg.compile else model
+    train_split, val_split = data.train.to(device), data.val.to(device)
+    n = len(train_split)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+        if cfg.schedule == "onecycle"
+        else None
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator) if cfg.shuffle else torch.arange(n)
+        order = order.to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr = optimizer.param_groups[0]["lr"]
+        for step, start in enumerate(range(0, n, cfg.batch_size), start=1):
+            batch = order[start : start + cfg.batch_size]
+            x = to_float(train_split.images[batch], channels_last)
+            y = train_split.labels[batch]
+            if cfg.augment != "none":
+                x = augment(x, cfg.augment, generator)
+            with autocast:
+                logits = step_fn(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.argmax(1) == y).sum()
+            if step % DIVERGENCE_CHECK_EVERY == 0:
+                _check_finite(loss_sum, epoch, step)
+        _check_finite(loss_sum, epoch, steps_per_epoch)
+        val_loss, val_accuracy = evaluate(model, val_split, channels_last=channels_last)
+        result = EpochResult(
+            epoch=epoch,
+            loss=loss_sum.item() / n,
+            accuracy=correct.item() / n,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=lr,
+            epoch_duration_s=time.perf_counter() - started,
+        )
+        history.append(result)
+        if on_epoch_end is not None:
+            on_epoch_end(result, model)
+    return history
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training loss became {value} at epoch {epoch}, step {step}")

@@ -1,0 +1,121 @@
+"""The evaluate stage: test metrics of the sweep's best model, champion comparison, registry promotion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+import torch.nn.functional as F
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
+
+from fashion_mlops import registry, tracking
+from fashion_mlops.config import Params
+from fashion_mlops.datasets import Split, load_split
+from fashion_mlops.engine import predict_logits
+from fashion_mlops.files import write_atomic, write_json, write_text
+from fashion_mlops.manifest import load_manifest
+
+REPORTS = Path("reports")
+
+
+def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tuple[dict[str, float], np.ndarray]:
+    """(accuracy and loss, predicted labels) of a logged model on the test split."""
+    model = mlflow.pytorch.load_model(model_uri)
+    log_probs = predict_logits(model, test.images, batch_size, tta_flip=tta_flip)
+    predictions = log_probs.argmax(1)
+    metrics = {
+        "test_accuracy": (predictions == test.labels).float().mean().item(),
+        "test_loss": F.nll_loss(log_probs, test.labels).item(),
+    }
+    return metrics, predictions.numpy()
+
+
+def per_class_report(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=list(range(len(classes))), zero_division=0
+    )
+    return {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
+
+
+def confusion_png(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
+    matrix = confusion_matrix(labels, predictions, labels=list(range(len(classes))))
+    figure, axes = plt.subplots(figsize=(9, 8))
+    ConfusionMatrixDisplay(matrix, display_labels=list(classes)).plot(ax=axes, xticks_rotation=45, colorbar=False)
+    axes.set_title("Confusion matrix (test set)")
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    write_atomic(path, tmp.read_bytes())
+    tmp.unlink()
+
+
+def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
+    """Measure the sweep's best model on the test set, register it, and move the alias if it is better."""
+    best = json.loads((reports / "best_run.json").read_text())
+    if not best.get("model_uri"):
+        raise RuntimeError("the best run has no logged model (tracking.log_models is false); nothing to evaluate")
+    manifest = load_manifest(params.data.manifest)
+    test = load_split(manifest, Path(params.data.dir), "test")
+    tracking.connect(params)
+    settings = params.evaluate
+    metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
+    labels = test.labels.numpy()
+    name, alias = params.registry.model_name, params.registry.alias
+    champion = registry.current_champion(name, alias)
+    champion_metrics = measure(champion.uri, test, settings.batch_size, settings.tta_flip)[0] if champion else None
+    version = registry.register(
+        best["model_uri"],
+        name,
+        best["run_id"],
+        tags={k: f"{v:.6f}" for k, v in metrics.items()} | {"val_accuracy": f"{best['val_accuracy']:.6f}"},
+    )
+    promoted = registry.promote_if_better(
+        name,
+        alias,
+        version,
+        metrics["test_accuracy"],
+        champion,
+        champion_metrics["test_accuracy"] if champion_metrics else None,
+    )
+    holder = registry.current_champion(name, alias)
+    evaluation = {
+        **metrics,
+        "macro_f1": float(np.mean([c["f1"] for c in per_class_report(labels, predictions, manifest.classes).values()])),
+        "per_class": per_class_report(labels, predictions, manifest.classes),
+        "tta_flip": settings.tta_flip,
+        "val_accuracy": best["val_accuracy"],
+        "model_name": name,
+        "model_version": int(version.version),
+        "model_uri": best["model_uri"],
+        "run_id": best["run_id"],
+        "run_name": best["run_name"],
+        "alias": alias,
+        "promoted": promoted,
+        "previous_champion": ({"version": int(champion.version.version), **champion_metrics} if champion else None),
+        "champion_version": int(holder.version.version) if holder else None,
+    }
+    write_json(reports / "evaluation.json", evaluation)
+    names = np.array(manifest.classes)
+    write_text(
+        reports / "confusion_matrix.csv",
+        pd.DataFrame({"actual": names[labels], "predicted": names[predictions]}).to_csv(index=False),
+    )
+    confusion_png(labels, predictions, manifest.classes, reports / "confusion_matrix.png")
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(best["run_id"], key, value)
+    for artifact in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png"):
+        client.log_artifact(best["run_id"], str(reports / artifact), artifact_path="evaluation")
+    return evaluation

@@ -1,0 +1,73 @@
+"""TensorBoard side of a run: scalars, histograms, sample images, the graph and the HParams entry."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+from torchvision.utils import make_grid
+
+from fashion_mlops.engine import EpochResult
+
+SCALARS = {
+    "loss/train": "loss",
+    "loss/val": "val_loss",
+    "accuracy/train": "accuracy",
+    "accuracy/val": "val_accuracy",
+    "lr": "lr",
+    "time/epoch_s": "epoch_duration_s",
+}
+
+
+class TensorBoardRun:
+    """One run's event directory; every write goes to that directory only."""
+
+    def __init__(self, log_dir: Path, histogram_every: int) -> None:
+        self.log_dir = log_dir
+        self.histogram_every = histogram_every
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_start(self, model: nn.Module, sample_images: torch.Tensor) -> None:
+        """A grid of sample training images and the model graph (traced on CPU)."""
+        grid = make_grid(sample_images[:64].float() / 255.0, nrow=8, pad_value=1.0)
+        self.writer.add_image("samples/train", grid, global_step=0)
+        example = sample_images[:2].float().div(255.0).cpu()
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
+            warnings.simplefilter("ignore")
+            self.writer.add_graph(_cpu_copy(model).eval(), example, use_strict_trace=False)
+
+    def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
+        values = result.as_dict()
+        for tag, key in SCALARS.items():
+            self.writer.add_scalar(tag, values[key], result.epoch)
+        if self.histogram_every and result.epoch % self.histogram_every == 0:
+            for name, parameter in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", parameter.detach().float().cpu(), result.epoch)
+                if parameter.grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", parameter.grad.float().cpu(), result.epoch)
+
+    def log_hparams(self, swept: dict[str, Any], final: dict[str, float]) -> None:
+        """Fill the HParams tab: swept values with final metrics, in this run's own directory."""
+        hparam_dict = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in swept.items()}
+        metric_dict = {f"hparam/{k}": v for k, v in final.items()}
+        experiment, session_start, session_end = hparams(hparam_dict or {"run": "single"}, metric_dict)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        for tag, value in metric_dict.items():
+            self.writer.add_scalar(tag, value)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
