@@ -6,22 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
-from fashion_mlops import registry, tracking
+from fashion_mlops import registry
 from fashion_mlops.config import Params
 from fashion_mlops.datasets import Split, load_split
 from fashion_mlops.engine import predict_logits
 from fashion_mlops.files import write_atomic, write_json, write_text
 from fashion_mlops.manifest import load_manifest
+from fashion_mlops.store import connect
 
 REPORTS = Path("reports")
 
@@ -50,13 +48,13 @@ def per_class_report(labels: np.ndarray, predictions: np.ndarray, classes: tuple
 
 def confusion_png(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
     matrix = confusion_matrix(labels, predictions, labels=list(range(len(classes))))
-    figure, axes = plt.subplots(figsize=(9, 8))
+    figure = Figure(figsize=(9, 8))
+    axes = figure.add_subplot()
     ConfusionMatrixDisplay(matrix, display_labels=list(classes)).plot(ax=axes, xticks_rotation=45, colorbar=False)
     axes.set_title("Confusion matrix (test set)")
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=100)
-    plt.close(figure)
     write_atomic(path, tmp.read_bytes())
     tmp.unlink()
 
@@ -68,7 +66,7 @@ def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
         raise RuntimeError("the best run has no logged model (tracking.log_models is false); nothing to evaluate")
     manifest = load_manifest(params.data.manifest)
     test = load_split(manifest, Path(params.data.dir), "test")
-    tracking.connect(params)
+    connect(params)
     settings = params.evaluate
     metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
     labels = test.labels.numpy()

@@ -1,13 +1,20 @@
-"""The train_sweep stage: one MLflow parent run, one child run per grid cell, best run chosen on validation."""
+"""The train_sweep stage: one MLflow parent run, one child run per grid cell, best run chosen on validation.
+
+Cells run one after another in this process (`sweep.workers: 1`) or in N worker processes that split
+the CPU threads between them; either way each cell gets the same seed and the same data split.
+"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import queue
+import signal
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import torch
 from mlflow.entities import RunStatus
@@ -25,7 +32,6 @@ from fashion_mlops.manifest import Manifest, load_manifest
 from fashion_mlops.models import build_model
 
 REPORTS = Path("reports")
-METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_duration_s")
 
 
 class NoFinishedRuns(RuntimeError):
@@ -39,7 +45,7 @@ class CellOutcome:
     index: int
     name: str
     spec: RunSpec
-    status: str = "RUNNING"
+    status: str = "PENDING"
     run_id: str | None = None
     model_uri: str | None = None
     history: list[EpochResult] = field(default_factory=list)
@@ -61,106 +67,160 @@ def load_training_data(params: Params) -> tuple[Manifest, Splits]:
 def run_sweep(params: Params, params_path: Path, reports: Path = REPORTS) -> list[CellOutcome]:
     """Train every grid cell, log each to MLflow and TensorBoard, write the results table and the best run."""
     manifest, splits = load_training_data(params)
-    cells = params.cells()
-    experiment_id = tracking.connect(params)
-    tags = tracking.common_tags(params_path)
-    dataset = mlflow.data.from_numpy(
-        features=splits.train.images.numpy(),
-        targets=splits.train.labels.numpy(),
-        source=str(Path(params.data.dir).resolve()),
-        name=manifest.name,
-        digest=manifest.digest(),
-    )
-    parent = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags=tags | {tracking.TAG_KIND: "sweep"},
-    )
-    outcomes: list[CellOutcome] = []
+    outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
+    if params.tracking.enabled:
+        tracker = tracking.SweepTracker.start(params, params_path, manifest, _sweep_params(params, len(outcomes)))
+    else:
+        tracker = tracking.NullSweepTracker()
     try:
-        mlflow.log_params(_sweep_params(params, len(cells)))
-        total_epochs = sum(spec.train.epochs for spec in cells)
-        with tqdm(total=total_epochs, desc="sweep", unit="epoch", dynamic_ncols=True) as bar:
-            for index, spec in enumerate(cells):
-                outcome = CellOutcome(index, cell_name(index, spec.swept), spec)
-                outcomes.append(outcome)
-                run_cell(outcome, params, splits, manifest, dataset, tags, parent.info.run_id, bar)
+        with tqdm(total=sum(o.spec.train.epochs for o in outcomes), desc="sweep", unit="epoch") as bar:
+            pending = [o for o in outcomes if not _reuse_if_possible(o, tracker, bar)]
+            if params.sweep.workers > 1 and len(pending) > 1:
+                _run_in_workers(pending, params, manifest, tracker, bar)
+            else:
+                _set_threads(params.train.threads)
+                for outcome in pending:
+                    run_cell(outcome, splits, tracker, _bar_updater(bar))
         best = select_best(outcomes)
-        write_reports(outcomes, best, parent.info.run_id, reports)
-        mlflow.log_metrics({"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)})
-        mlflow.set_tags({"best_run_id": best.run_id, "best_run_name": best.name})
-        mlflow.log_artifacts(str(reports), artifact_path="reports")
+        write_reports(outcomes, best, tracker.sweep_run_id, reports)
+        tracker.finish(
+            {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
+            {"best_run_id": str(best.run_id), "best_run_name": best.name},
+            reports,
+        )
     except KeyboardInterrupt:
-        tracking.end_run(RunStatus.KILLED, "interrupted")
+        tracker.end(RunStatus.KILLED, "interrupted")
         raise
     except BaseException as error:
-        tracking.end_run(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        tracker.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
-    tracking.end_run(RunStatus.FINISHED)
     print_summary(outcomes, best)
     return outcomes
 
 
-def run_cell(
-    outcome: CellOutcome,
-    params: Params,
-    splits: Splits,
-    manifest: Manifest,
-    dataset: Any,
-    tags: dict[str, str],
-    sweep_run_id: str,
-    bar: tqdm,
-) -> None:
-    """Train (or reuse) one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
+def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) -> CellOutcome:
+    """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
     spec = outcome.spec
-    fingerprint = tracking.run_fingerprint(spec, params, manifest.digest())
-    tensorboard_dir = Path(params.tracking.tensorboard_dir) / sweep_run_id[:8] / outcome.name
-    run_tags = tags | {
-        tracking.TAG_KIND: "cell",
-        tracking.TAG_SWEEP: sweep_run_id,
-        tracking.TAG_FINGERPRINT: fingerprint,
-        tracking.TAG_TENSORBOARD: str(tensorboard_dir),
-    }
-    earlier = tracking.find_reusable_run(fingerprint) if params.sweep.resume else None
-    child = mlflow.start_run(run_name=outcome.name, nested=True, tags=run_tags)
-    outcome.run_id = child.info.run_id
-    if earlier is not None:
-        tracking.copy_run(earlier, outcome.run_id)
-        outcome.history, outcome.duration_s = tracking.history_of(earlier)
-        outcome.model_uri, outcome.reused_from, outcome.status = earlier.model_uri, earlier.run_id, "FINISHED"
-        tracking.end_run(RunStatus.FINISHED)
-        bar.update(spec.train.epochs)
-        return
-    logger = tracking.RunLogger(params, spec, outcome.name, tensorboard_dir)
+    run = tracker.start_cell(spec, outcome.name)
+    outcome.run_id, outcome.status = run.run_id, "RUNNING"
     started = time.perf_counter()
 
     def on_epoch_end(result: EpochResult, model: torch.nn.Module) -> None:
         outcome.history.append(result)
-        logger.log_epoch(result, model)
-        bar.set_postfix_str(f"{outcome.name[:40]} val_acc={result.val_accuracy:.4f}")
-        bar.update(1)
+        run.log_epoch(result, model)
+        on_epoch(outcome.name, result)
 
     try:
         torch.manual_seed(spec.train.seed)
         model = build_model(spec.arch)
-        logger.log_start(model, splits.train, dataset)
+        run.log_start(model, splits.train, tracker.dataset(splits.train))
         train(model, splits, spec.train, pick_device(spec.train.device), on_epoch_end)
         outcome.duration_s = time.perf_counter() - started
-        outcome.model_uri = logger.log_finish(model, outcome.history, splits.val.images)
+        outcome.model_uri = run.log_finish(model, outcome.history, splits.val.images)
         outcome.status = "FINISHED"
-        tracking.end_run(RunStatus.FINISHED)
+        run.end(RunStatus.FINISHED)
     except TrainingDiverged as error:
-        outcome.status, outcome.failure = "FAILED", str(error)
-        bar.update(spec.train.epochs - len(outcome.history))
-        tracking.end_run(RunStatus.FAILED, f"diverged: {error}")
+        outcome.status, outcome.failure = "FAILED", f"diverged: {error}"
+        outcome.duration_s = time.perf_counter() - started
+        run.end(RunStatus.FAILED, outcome.failure)
     except KeyboardInterrupt:
-        tracking.end_run(RunStatus.KILLED, "interrupted")
+        outcome.status = "KILLED"
+        run.end(RunStatus.KILLED, "interrupted")
         raise
     except BaseException as error:
-        tracking.end_run(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        outcome.status = "FAILED"
+        run.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
-    finally:
-        logger.close()
+    return outcome
+
+
+def _reuse_if_possible(outcome: CellOutcome, tracker: Any, bar: tqdm) -> bool:
+    """Reuse an earlier FINISHED run with the same fingerprint (params, data, code) instead of training."""
+    earlier = tracker.find_reusable(outcome.spec)
+    if earlier is None:
+        return False
+    outcome.run_id, outcome.history, outcome.duration_s = tracker.reuse(earlier, outcome.spec, outcome.name)
+    outcome.model_uri, outcome.reused_from, outcome.status = earlier.model_uri, earlier.run_id, "FINISHED"
+    bar.update(outcome.spec.train.epochs)
+    return True
+
+
+def _bar_updater(bar: tqdm):
+    def on_epoch(name: str, result: EpochResult) -> None:
+        bar.set_postfix_str(f"{name[:40]} val_acc={result.val_accuracy:.4f}")
+        bar.update(1)
+
+    return on_epoch
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# --- parallel cells -------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(params: Params, info: tracking.SweepInfo | None, threads: int, events: Any) -> None:
+    """Per worker process: its share of the CPU threads, the data loaded once, and the tracker attached."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    torch.set_num_threads(threads)
+    manifest, splits = load_training_data(params)
+    tracker = tracking.SweepTracker.attach(params, manifest, info) if info is not None else tracking.NullSweepTracker()
+    _WORKER.update(splits=splits, tracker=tracker, events=events)
+
+
+def _worker_run(outcome: CellOutcome) -> CellOutcome:
+    def on_epoch(name: str, result: EpochResult) -> None:
+        _WORKER["events"].put((name, result.val_accuracy))
+
+    return run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manifest, tracker: Any, bar: tqdm) -> None:
+    """Run cells in `sweep.workers` spawned processes; results land back in `pending`, in grid order."""
+    workers = min(params.sweep.workers, len(pending))
+    threads = max(1, (params.train.threads or torch.get_num_threads()) // workers)
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    by_index = {o.index: o for o in pending}
+    executor = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(params, tracker.info, threads, events)
+    )
+    try:
+        futures = {executor.submit(_worker_run, outcome) for outcome in pending}
+        while futures:
+            done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(events, bar)
+            for future in done:
+                result = future.result()
+                by_index[result.index].__dict__.update(result.__dict__)
+        _drain(events, bar)
+    except BaseException:
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()  # SIGTERM: each worker ends its MLflow run as KILLED
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+
+
+def _drain(events: Any, bar: tqdm) -> None:
+    while True:
+        try:
+            name, val_accuracy = events.get_nowait()
+        except queue.Empty:
+            return
+        bar.set_postfix_str(f"{name[:40]} val_acc={val_accuracy:.4f}")
+        bar.update(1)
+
+
+# --- selection and reports ------------------------------------------------------------------------
 
 
 def select_best(outcomes: list[CellOutcome]) -> CellOutcome:
@@ -174,19 +234,18 @@ def select_best(outcomes: list[CellOutcome]) -> CellOutcome:
 
 def results_table(outcomes: list[CellOutcome]) -> pd.DataFrame:
     """The tutorial's results table: one row per run and epoch, with every swept parameter."""
-    rows = []
-    for o in outcomes:
-        for result in o.history:
-            rows.append(
-                {
-                    "run": o.name,
-                    "run_id": o.run_id,
-                    "status": o.status,
-                    **result.as_dict(),
-                    "run_duration_s": o.duration_s,
-                    **{k: _plain(v) for k, v in o.spec.swept.items()},
-                }
-            )
+    rows = [
+        {
+            "run": o.name,
+            "run_id": o.run_id,
+            "status": o.status,
+            **result.as_dict(),
+            "run_duration_s": o.duration_s,
+            **{k: _plain(v) for k, v in o.spec.swept.items()},
+        }
+        for o in outcomes
+        for result in o.history
+    ]
     return pd.DataFrame(rows)
 
 
@@ -238,11 +297,8 @@ def print_summary(outcomes: list[CellOutcome], best: CellOutcome) -> None:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for o in outcomes:
         f = o.final
-        cells = [
-            str(o.index),
-            *[str(o.spec.swept[k]) for k in swept_keys],
-            o.status + (" (reused)" if o.reused_from else ""),
-        ]
+        cells = [str(o.index), *[str(o.spec.swept[k]) for k in swept_keys]]
+        cells.append(o.status + (" (reused)" if o.reused_from else ""))
         cells += [f"{f.val_accuracy:.4f}", f"{f.val_loss:.4f}", f"{f.accuracy:.4f}"] if f else ["-", "-", "-"]
         cells.append(f"{o.duration_s:.1f}")
         table.add_row(*cells, style="bold green" if o is best else None)
@@ -258,6 +314,7 @@ def _sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
         "arch": params.model.arch,
         "grid": str(params.sweep.grid),
         "runs": n_runs,
+        "workers": params.sweep.workers,
         "val_size": params.data.val_size,
         "subset": params.data.subset,
     }

@@ -1,10 +1,14 @@
-"""The run logger: MLflow and TensorBoard behind one small interface, for a sweep and its runs."""
+"""The run logger: MLflow and TensorBoard behind one small interface, for a sweep and its runs.
+
+`SweepTracker` owns the MLflow parent run (through the client API, so child runs can be started in
+this process or in worker processes); `CellRun` is one grid cell's child run plus its TensorBoard
+directory. `NullSweepTracker` / `NullCellRun` do nothing, for `tracking.enabled: false`.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -15,13 +19,14 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Run, RunStatus
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from torch import nn
 
 from fashion_mlops.config import Params, RunSpec
 from fashion_mlops.datasets import Split
 from fashion_mlops.engine import EpochResult
+from fashion_mlops.manifest import Manifest
+from fashion_mlops.store import connect
 from fashion_mlops.tensorboard_log import TensorBoardRun
 
 TAG_FINGERPRINT = "fashion_mlops.fingerprint"
@@ -33,33 +38,11 @@ TAG_MODEL_URI = "fashion_mlops.model_uri"
 TAG_REUSED_FROM = "fashion_mlops.reused_from"
 MODEL_NAME = "model"
 EXAMPLE_BATCH = 4  # torch.export specialises a batch of one; four keeps the batch dimension dynamic
-
-
-def tracking_uri(params: Params) -> str:
-    """`MLFLOW_TRACKING_URI` wins over params, so a shared server can be used without editing params."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.mlflow_uri
-
-
-def connect(params: Params) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id."""
-    uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    name = params.tracking.experiment
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):
-        location = Path(params.tracking.artifact_location).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another process created it first
-        return client.get_experiment_by_name(name).experiment_id
+EPOCH_KEYS = tuple(k for k in EpochResult.__dataclass_fields__ if k != "epoch")
 
 
 def git_commit() -> tuple[str | None, bool]:
-    """(HEAD commit, whether the work tree has uncommitted changes), or (None, False) outside git."""
+    """(HEAD commit, whether tracked files have uncommitted changes), or (None, False) outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
         dirty = subprocess.run(
@@ -68,10 +51,6 @@ def git_commit() -> tuple[str | None, bool]:
     except (OSError, subprocess.CalledProcessError):
         return None, False
     return commit.strip(), bool(dirty.strip())
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def code_version() -> str:
@@ -98,94 +77,17 @@ def run_fingerprint(spec: RunSpec, params: Params, data_digest: str) -> str:
 
 
 def common_tags(params_path: Path) -> dict[str, str]:
-    """Tags that tie a run to git, DVC params and this package."""
+    """Tags that tie a run to git, the DVC params file and this package's code."""
     commit, dirty = git_commit()
     tags = {
         "dvc.params_file": str(params_path),
-        "dvc.params_sha256": file_sha256(params_path) if params_path.exists() else "",
+        "dvc.params_sha256": hashlib.sha256(params_path.read_bytes()).hexdigest() if params_path.exists() else "",
         "fashion_mlops.version": version("fashion-mlops"),
         "fashion_mlops.code_version": code_version(),
     }
     if commit:
         tags |= {"mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
     return tags
-
-
-class RunLogger:
-    """One grid cell's MLflow child run plus its TensorBoard directory."""
-
-    def __init__(self, params: Params, spec: RunSpec, run_name: str, tensorboard_dir: Path) -> None:
-        self.params = params
-        self.spec = spec
-        self.run_name = run_name
-        self.tensorboard = TensorBoardRun(tensorboard_dir, params.tracking.histogram_every)
-        self.run_id = mlflow.active_run().info.run_id
-        self.started = time.perf_counter()
-
-    def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None:
-        mlflow.log_params(
-            self.spec.flat_params()
-            | {
-                "val_size": self.params.data.val_size,
-                "subset": self.params.data.subset,
-                "train_images": len(train),
-            }
-        )
-        mlflow.log_input(dataset, context="training")
-        self.tensorboard.log_start(model, train.images[:64])
-
-    def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
-        values = result.as_dict()
-        epoch = values.pop("epoch")
-        mlflow.log_metrics(values, step=epoch, synchronous=False)
-        self.tensorboard.log_epoch(result, model)
-
-    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
-        """Final metrics, HParams and the model; returns the logged model's URI (None if models are off)."""
-        final = history[-1]
-        duration = time.perf_counter() - self.started
-        summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
-        mlflow.log_metrics(summary | {"run_duration_s": duration}, synchronous=False)
-        self.tensorboard.log_hparams(
-            self.spec.swept or {"arch": self.spec.arch},
-            {
-                "accuracy": final.accuracy,
-                "loss": final.loss,
-                "val_accuracy": final.val_accuracy,
-                "val_loss": final.val_loss,
-            },
-        )
-        if not self.params.tracking.log_models:
-            return None
-        uri = log_model(model, example)
-        mlflow.set_tag(TAG_MODEL_URI, uri)
-        return uri
-
-    def close(self) -> None:
-        self.tensorboard.close()
-
-
-def log_model(model: nn.Module, example_images: torch.Tensor) -> str:
-    """Log a CPU copy of the model with MLflow (pt2 format: no pickles), signature and input example."""
-    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
-    example = (example_images[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
-    info = mlflow.pytorch.log_model(
-        cpu_model,
-        name=MODEL_NAME,
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
-    )
-    return info.model_uri
-
-
-def end_run(status: RunStatus | int, reason: str | None = None) -> None:
-    """End the active MLflow run with a status (and the reason as a tag)."""
-    if mlflow.active_run() is None:
-        return
-    if reason:
-        mlflow.set_tag(TAG_FAILURE, reason[:5000])
-    mlflow.end_run(status=RunStatus.to_string(status))
 
 
 @dataclass(frozen=True)
@@ -203,47 +105,230 @@ class EarlierRun:
         return self.run.data.tags.get(TAG_MODEL_URI)
 
 
-def find_reusable_run(fingerprint: str) -> EarlierRun | None:
-    """The newest FINISHED run in the active experiment with this fingerprint and a logged model."""
-    experiment_id = mlflow.active_run().info.experiment_id
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_FINGERPRINT}` = '{fingerprint}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5,
-    )
-    for run in runs:
-        if TAG_MODEL_URI in run.data.tags:
-            return EarlierRun(run)
-    return None
+@dataclass(frozen=True)
+class SweepInfo:
+    """What a worker process needs to attach child runs to the sweep's parent run."""
+
+    sweep_run_id: str
+    experiment_id: str
+    tags: dict[str, str]
 
 
-def history_of(earlier: EarlierRun) -> tuple[list[EpochResult], float]:
-    """Per-epoch results and run duration of an earlier run, read back from MLflow."""
-    client = mlflow.MlflowClient()
-    keys = [k for k in EpochResult.__dataclass_fields__ if k != "epoch"]
-    series = {k: {m.step: m.value for m in client.get_metric_history(earlier.run_id, k)} for k in keys}
-    epochs = sorted(series["val_accuracy"])
-    history = [EpochResult(epoch=e, **{k: series[k][e] for k in keys}) for e in epochs]
-    return history, earlier.run.data.metrics.get("run_duration_s", 0.0)
+class CellRun:
+    """One grid cell's MLflow child run (active in this process) and its TensorBoard directory."""
+
+    def __init__(self, params: Params, spec: RunSpec, sweep: SweepInfo, name: str, fingerprint: str) -> None:
+        self.params = params
+        self.spec = spec
+        log_dir = Path(params.tracking.tensorboard_dir) / sweep.sweep_run_id[:8] / name
+        run = mlflow.start_run(
+            experiment_id=sweep.experiment_id,
+            run_name=name,
+            parent_run_id=sweep.sweep_run_id,
+            tags=sweep.tags
+            | {
+                TAG_KIND: "cell",
+                TAG_SWEEP: sweep.sweep_run_id,
+                TAG_FINGERPRINT: fingerprint,
+                TAG_TENSORBOARD: str(log_dir),
+            },
+        )
+        self.run_id: str | None = run.info.run_id
+        self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
+        self.started = time.perf_counter()
+
+    def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None:
+        mlflow.log_params(
+            self.spec.flat_params()
+            | {"val_size": self.params.data.val_size, "subset": self.params.data.subset, "train_images": len(train)}
+        )
+        mlflow.log_input(dataset, context="training")
+        self.tensorboard.log_start(model, train.images[:64])
+
+    def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
+        values = result.as_dict()
+        epoch = values.pop("epoch")
+        mlflow.log_metrics(values, step=epoch, synchronous=False)
+        self.tensorboard.log_epoch(result, model)
+
+    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
+        """Final metrics, HParams and the model; returns the logged model's URI (None if models are off)."""
+        final = history[-1]
+        summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
+        mlflow.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, synchronous=False)
+        self.tensorboard.log_hparams(
+            self.spec.swept or {"arch": self.spec.arch},
+            {
+                "accuracy": final.accuracy,
+                "loss": final.loss,
+                "val_accuracy": final.val_accuracy,
+                "val_loss": final.val_loss,
+            },
+        )
+        if not self.params.tracking.log_models:
+            return None
+        uri = log_model(model, example)
+        mlflow.set_tag(TAG_MODEL_URI, uri)
+        return uri
+
+    def end(self, status: int, reason: str | None = None) -> None:
+        """Flush TensorBoard and end the MLflow run with `status` (and the reason as a tag)."""
+        self.tensorboard.close()
+        if mlflow.active_run() is None:
+            return
+        if reason:
+            mlflow.set_tag(TAG_FAILURE, reason[:5000])
+        mlflow.end_run(status=RunStatus.to_string(status))
 
 
-def copy_run(earlier: EarlierRun, run_id: str) -> None:
-    """Fill a new child run with an earlier identical run's params, metrics, model link and TensorBoard dir."""
-    client = mlflow.MlflowClient()
-    metrics = [
-        Metric(m.key, m.value, m.timestamp, m.step)
-        for key in earlier.run.data.metrics
-        for m in client.get_metric_history(earlier.run_id, key)
-    ]
-    params = earlier.run.data.params
-    mlflow.log_params(params)
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    mlflow.set_tags(
-        {
+class NullCellRun:
+    """A cell run that logs nothing (tracking.enabled: false)."""
+
+    run_id = None
+
+    def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None: ...
+
+    def log_epoch(self, result: EpochResult, model: nn.Module) -> None: ...
+
+    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> None: ...
+
+    def end(self, status: int, reason: str | None = None) -> None: ...
+
+
+class SweepTracker:
+    """The sweep's MLflow parent run, and the factory for its child runs."""
+
+    def __init__(self, params: Params, manifest: Manifest, info: SweepInfo) -> None:
+        self.params = params
+        self.manifest = manifest
+        self.info = info
+        self._dataset = None
+
+    @classmethod
+    def start(cls, params: Params, params_path: Path, manifest: Manifest, run_params: dict[str, Any]) -> SweepTracker:
+        experiment_id = connect(params)
+        tags = common_tags(params_path)
+        client = mlflow.MlflowClient()
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags=tags | {TAG_KIND: "sweep"},
+        )
+        client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()])
+        return cls(params, manifest, SweepInfo(parent.info.run_id, experiment_id, tags))
+
+    @classmethod
+    def attach(cls, params: Params, manifest: Manifest, info: SweepInfo) -> SweepTracker:
+        """The same tracker in a worker process."""
+        connect(params)
+        return cls(params, manifest, info)
+
+    @property
+    def sweep_run_id(self) -> str:
+        return self.info.sweep_run_id
+
+    def fingerprint(self, spec: RunSpec) -> str:
+        return run_fingerprint(spec, self.params, self.manifest.digest())
+
+    def dataset(self, train: Split) -> Any:
+        """The training data as an MLflow dataset input, with the manifest's content digest."""
+        if self._dataset is None:
+            self._dataset = mlflow.data.from_numpy(
+                features=train.images.numpy(),
+                targets=train.labels.numpy(),
+                source=str(Path(self.params.data.dir).resolve()),
+                name=self.manifest.name,
+                digest=self.manifest.digest(),
+            )
+        return self._dataset
+
+    def start_cell(self, spec: RunSpec, name: str) -> CellRun:
+        return CellRun(self.params, spec, self.info, name, self.fingerprint(spec))
+
+    def find_reusable(self, spec: RunSpec) -> EarlierRun | None:
+        """The newest FINISHED run with the same fingerprint and a logged model, if resuming is on."""
+        if not self.params.sweep.resume:
+            return None
+        runs = mlflow.MlflowClient().search_runs(
+            [self.info.experiment_id],
+            filter_string=f"tags.`{TAG_FINGERPRINT}` = '{self.fingerprint(spec)}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5,
+        )
+        return next((EarlierRun(run) for run in runs if TAG_MODEL_URI in run.data.tags), None)
+
+    def reuse(self, earlier: EarlierRun, spec: RunSpec, name: str) -> tuple[str, list[EpochResult], float]:
+        """A FINISHED child run holding an earlier identical run's params, metrics and model link."""
+        client = mlflow.MlflowClient()
+        tags = self.info.tags | {
+            TAG_KIND: "cell",
+            TAG_SWEEP: self.sweep_run_id,
+            TAG_FINGERPRINT: self.fingerprint(spec),
             TAG_REUSED_FROM: earlier.run_id,
             TAG_MODEL_URI: earlier.model_uri,
             TAG_TENSORBOARD: earlier.run.data.tags.get(TAG_TENSORBOARD, ""),
+            "mlflow.parentRunId": self.sweep_run_id,
+            "mlflow.runName": name,
         }
+        child = client.create_run(self.info.experiment_id, run_name=name, tags=tags)
+        histories = {key: client.get_metric_history(earlier.run_id, key) for key in earlier.run.data.metrics}
+        metrics = [Metric(m.key, m.value, m.timestamp, m.step) for series in histories.values() for m in series]
+        params = [Param(k, v) for k, v in earlier.run.data.params.items()]
+        for start in range(0, max(len(metrics), 1), 1000):
+            client.log_batch(
+                child.info.run_id, metrics=metrics[start : start + 1000], params=params if not start else []
+            )
+        client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        series = {k: {m.step: m.value for m in histories.get(k, [])} for k in EPOCH_KEYS}
+        history = [
+            EpochResult(epoch=e, **{k: series[k][e] for k in EPOCH_KEYS}) for e in sorted(series["val_accuracy"])
+        ]
+        return child.info.run_id, history, earlier.run.data.metrics.get("run_duration_s", 0.0)
+
+    def finish(self, metrics: dict[str, float], tags: dict[str, str], reports: Path) -> None:
+        client = mlflow.MlflowClient()
+        client.log_batch(
+            self.sweep_run_id,
+            metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.log_artifacts(self.sweep_run_id, str(reports), artifact_path="reports")
+        self.end(RunStatus.FINISHED)
+
+    def end(self, status: int, reason: str | None = None) -> None:
+        client = mlflow.MlflowClient()
+        if reason:
+            client.set_tag(self.sweep_run_id, TAG_FAILURE, reason[:5000])
+        client.set_terminated(self.sweep_run_id, RunStatus.to_string(status))
+
+
+class NullSweepTracker:
+    """A sweep tracker that logs nothing (tracking.enabled: false)."""
+
+    sweep_run_id = "untracked"
+    info = None
+
+    def dataset(self, train: Split) -> None: ...
+
+    def start_cell(self, spec: RunSpec, name: str) -> NullCellRun:
+        return NullCellRun()
+
+    def find_reusable(self, spec: RunSpec) -> None: ...
+
+    def finish(self, metrics: dict[str, float], tags: dict[str, str], reports: Path) -> None: ...
+
+    def end(self, status: int, reason: str | None = None) -> None: ...
+
+
+def log_model(model: nn.Module, example_images: torch.Tensor) -> str:
+    """Log a CPU copy of the model with MLflow (pt2 format: no pickles), signature and input example."""
+    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    example = (example_images[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
+    info = mlflow.pytorch.log_model(
+        cpu_model,
+        name=MODEL_NAME,
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
     )
+    return info.model_uri

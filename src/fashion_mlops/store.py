@@ -1,0 +1,61 @@
+"""Where MLflow writes: the tracking URI, a reachability check, and the experiment, created once."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from fashion_mlops.config import Params
+
+REACHABILITY_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer."""
+
+
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` wins over params, so a shared server can be used without editing params."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.mlflow_uri
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, with one clear line, when an http(s) tracking server does not answer its health check."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S):  # noqa: S310
+            return
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingUnavailable(
+            f"tracking server {uri} is unreachable ({reason}); start it (mlflow server --host 127.0.0.1) "
+            "or point tracking.mlflow_uri / MLFLOW_TRACKING_URI at a reachable one"
+        ) from None
+
+
+def connect(params: Params) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    name = params.tracking.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        location = Path(params.tracking.artifact_location).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
