@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fashion_mlops.config import ConfigError, Params, load_params
+from fashion_mlops.manifest import ManifestError, load_manifest
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         params = load_params(Path(args.params))
-    except ConfigError as error:
+        load_manifest(params.data.manifest)
+    except (ConfigError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     from fashion_mlops.errors import USER_ERRORS

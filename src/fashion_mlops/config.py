@@ -89,7 +89,7 @@ class SweepConfig(_Strict):
                 raise ValueError(f"unknown grid key {key!r}; allowed: {', '.join(allowed)}")
             if not values:
                 raise ValueError(f"grid key {key!r} has no values; give a non-empty list")
-            if len({repr(v) for v in values}) != len(values):
+            if len({_identity(v) for v in values}) != len(values):
                 raise ValueError(f"grid key {key!r} repeats a value: {values}")
         return grid
 
@@ -122,8 +122,11 @@ class RegistryConfig(_Strict):
     @field_validator("alias")
     @classmethod
     def _alias_shape(cls, alias: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or re.fullmatch(r"[vV]\d+", alias):
-            raise ValueError(f"alias {alias!r} is not allowed; use letters, digits, '_' or '-', not 'v<number>'")
+        reserved = re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or reserved:
+            raise ValueError(
+                f"alias {alias!r} is not allowed; use letters, digits, '_' or '-', not 'latest' or 'v<number>'"
+            )
         return alias
 
 
@@ -184,6 +187,13 @@ class RunSpec(BaseModel):
         return {"arch": self.arch, **self.train.model_dump()}
 
 
+def _identity(value: Any) -> Any:
+    """Grid values that compare equal as numbers (1 and 1.0) are the same value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return ("number", float(value))
+    return (type(value).__name__, repr(value))
+
+
 def check_arch(arch: str) -> str:
     """Return `arch` if it names a known architecture, else raise with the allowed names."""
     if arch not in ARCHITECTURES:
@@ -205,6 +215,17 @@ class _Yaml12Loader(yaml.SafeLoader):
     """YAML 1.2 floats: `1e-3` is a number (as DVC reads it), not the string PyYAML makes of it."""
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    keys = [loader.construct_object(key_node) for key_node, _ in node.value]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", node.start_mark
+            )
+    return loader.construct_mapping(node)
+
+
+_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch.nn.functional as F
+from filelock import FileLock
 from matplotlib.figure import Figure
+from mlflow.entities import Metric
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
 from fashion_mlops import registry
@@ -19,9 +22,10 @@ from fashion_mlops.datasets import Split, load_split
 from fashion_mlops.engine import predict_logits
 from fashion_mlops.files import write_atomic, write_json, write_text
 from fashion_mlops.manifest import load_manifest
-from fashion_mlops.store import connect
+from fashion_mlops.store import connect, lock_path, tracking_uri
 
 REPORTS = Path("reports")
+REGISTRY_LOCK_TIMEOUT_S = 900
 
 
 def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tuple[dict[str, float], np.ndarray]:
@@ -69,29 +73,32 @@ def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
     connect(params)
     settings = params.evaluate
     metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
-    labels = test.labels.numpy()
     name, alias = params.registry.model_name, params.registry.alias
-    champion = registry.current_champion(name, alias)
-    champion_metrics = measure(champion.uri, test, settings.batch_size, settings.tta_flip)[0] if champion else None
-    version = registry.register(
-        best["model_uri"],
-        name,
-        best["run_id"],
-        tags={k: f"{v:.6f}" for k, v in metrics.items()} | {"val_accuracy": f"{best['val_accuracy']:.6f}"},
-    )
-    promoted = registry.promote_if_better(
-        name,
-        alias,
-        version,
-        metrics["test_accuracy"],
-        champion,
-        champion_metrics["test_accuracy"] if champion_metrics else None,
-    )
-    holder = registry.current_champion(name, alias)
+    # Read the champion, compare and move the alias as one step, so racing evaluations cannot demote a better model.
+    with FileLock(lock_path(tracking_uri(params)), timeout=REGISTRY_LOCK_TIMEOUT_S):
+        champion = registry.current_champion(name, alias)
+        champion_metrics = measure(champion.uri, test, settings.batch_size, settings.tta_flip)[0] if champion else None
+        version = registry.register(
+            best["model_uri"],
+            name,
+            best["run_id"],
+            tags={k: f"{v:.6f}" for k, v in metrics.items()} | {"val_accuracy": f"{best['val_accuracy']:.6f}"},
+        )
+        promoted = registry.promote_if_better(
+            name,
+            alias,
+            version,
+            metrics["test_accuracy"],
+            champion,
+            champion_metrics["test_accuracy"] if champion_metrics else None,
+        )
+        holder = registry.current_champion(name, alias)
+    labels = test.labels.numpy()
+    per_class = per_class_report(labels, predictions, manifest.classes)
     evaluation = {
         **metrics,
-        "macro_f1": float(np.mean([c["f1"] for c in per_class_report(labels, predictions, manifest.classes).values()])),
-        "per_class": per_class_report(labels, predictions, manifest.classes),
+        "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
+        "per_class": per_class,
         "tta_flip": settings.tta_flip,
         "val_accuracy": best["val_accuracy"],
         "model_name": name,
@@ -112,8 +119,7 @@ def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
     )
     confusion_png(labels, predictions, manifest.classes, reports / "confusion_matrix.png")
     client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        client.log_metric(best["run_id"], key, value)
+    client.log_batch(best["run_id"], metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
     for artifact in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png"):
         client.log_artifact(best["run_id"], str(reports / artifact), artifact_path="evaluation")
     return evaluation

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from fashion_mlops.config import Params
 
 REACHABILITY_TIMEOUT_S = 5.0
+SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 class TrackingUnavailable(RuntimeError):
@@ -45,7 +46,8 @@ def connect(params: Params) -> str:
     uri = tracking_uri(params)
     check_reachable(uri)
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(sqlite_path(uri)).parent.mkdir(parents=True, exist_ok=True)
+        _wait_when_sqlite_is_busy()
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     name = params.tracking.experiment
@@ -59,3 +61,39 @@ def connect(params: Params) -> str:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def lock_path(uri: str) -> Path:
+    """A lock file beside a SQLite store (or in the temp dir for a server) for read-compare-write sequences."""
+    import hashlib
+    import tempfile
+
+    if uri.startswith("sqlite:///"):
+        db = sqlite_path(uri)
+        return db.with_name(db.name + ".lock")
+    return Path(tempfile.gettempdir()) / f"fashion-mlops-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.lock"
+
+
+_busy_timeout_installed = False
+
+
+def _wait_when_sqlite_is_busy() -> None:
+    """Every SQLite connection waits up to a minute for a concurrent writer instead of failing at once."""
+    global _busy_timeout_installed
+    if _busy_timeout_installed:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _set_busy_timeout(dbapi_connection, connection_record) -> None:
+        if type(dbapi_connection).__module__.startswith("sqlite3"):
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.close()
+
+    _busy_timeout_installed = True

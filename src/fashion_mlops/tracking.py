@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ TAG_TENSORBOARD = "tensorboard.dir"
 TAG_FAILURE = "fashion_mlops.failure"
 TAG_MODEL_URI = "fashion_mlops.model_uri"
 TAG_REUSED_FROM = "fashion_mlops.reused_from"
+TAG_HOST = "fashion_mlops.host"
+TAG_PID = "fashion_mlops.pid"
 MODEL_NAME = "model"
 EXAMPLE_BATCH = 4  # torch.export specialises a batch of one; four keeps the batch dimension dynamic
 EPOCH_KEYS = tuple(k for k in EpochResult.__dataclass_fields__ if k != "epoch")
@@ -90,6 +94,38 @@ def common_tags(params_path: Path) -> dict[str, str]:
     return tags
 
 
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so a later sweep can tell a live run from one whose process died."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def reap_orphaned_runs(experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this host whose process is gone (e.g. after SIGKILL or a power cut)."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    reaped = []
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
+    )
+    for run in runs:
+        pid = run.data.tags.get(TAG_PID, "")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            client.set_tag(run.info.run_id, TAG_FAILURE, f"process {pid} on {host} died while the run was RUNNING")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class EarlierRun:
     """A finished run whose fingerprint matches a grid cell, so its results can be reused."""
@@ -131,7 +167,8 @@ class CellRun:
                 TAG_SWEEP: sweep.sweep_run_id,
                 TAG_FINGERPRINT: fingerprint,
                 TAG_TENSORBOARD: str(log_dir),
-            },
+            }
+            | process_tags(),
         )
         self.run_id: str | None = run.info.run_id
         self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
@@ -207,12 +244,13 @@ class SweepTracker:
     @classmethod
     def start(cls, params: Params, params_path: Path, manifest: Manifest, run_params: dict[str, Any]) -> SweepTracker:
         experiment_id = connect(params)
+        reap_orphaned_runs(experiment_id)
         tags = common_tags(params_path)
         client = mlflow.MlflowClient()
         parent = client.create_run(
             experiment_id,
             run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags=tags | {TAG_KIND: "sweep"},
+            tags=tags | {TAG_KIND: "sweep"} | process_tags(),
         )
         client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()])
         return cls(params, manifest, SweepInfo(parent.info.run_id, experiment_id, tags))
