@@ -186,7 +186,9 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manifest, tracker: Any, bar: tqdm) -> None:
     """Run cells in `sweep.workers` spawned processes; results land back in `pending`, in grid order."""
     workers = min(params.sweep.workers, len(pending))
-    threads = max(1, (params.train.threads or torch.get_num_threads()) // workers)
+    # train.threads, when set, is the per-run thread count in serial and parallel sweeps alike: results only
+    # match bit for bit between the two at equal thread counts (oneDNN's reductions depend on it).
+    threads = params.train.threads or max(1, torch.get_num_threads() // workers)
     context = mp.get_context("spawn")
     events = context.Queue()
     by_index = {o.index: o for o in pending}
