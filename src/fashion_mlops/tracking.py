@@ -185,14 +185,14 @@ class CellRun:
     def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
         values = result.as_dict()
         epoch = values.pop("epoch")
-        mlflow.log_metrics(values, step=epoch, synchronous=False)
+        mlflow.log_metrics(values, step=epoch, synchronous=True)
         self.tensorboard.log_epoch(result, model)
 
     def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
         """Final metrics, HParams and the model; returns the logged model's URI (None if models are off)."""
         final = history[-1]
         summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
-        mlflow.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, synchronous=False)
+        mlflow.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, synchronous=True)
         self.tensorboard.log_hparams(
             self.spec.swept or {"arch": self.spec.arch},
             {
