@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install dataset sample run test lint repro-check bench clean
+.PHONY: install dataset sample run test lint repro-check bench ui tensorboard clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ run: install dataset sample  ## the main job: the whole DVC pipeline on params.y
 
 test: install sample  ## the test suite
 	pytest -q
+
+repro-check: install sample  ## run the pipeline twice from scratch on data/sample; fail on any metric difference
+	python -m fashion_mlops.repro_check
+
+bench: install dataset  ## the side-by-side benchmark against the tutorial's loop (needs the real data)
+	dvc repro download && python benchmarks/bench_sweep.py --json reports/benchmark.json
+
+ui: install  ## MLflow UI on http://127.0.0.1:5000 (loopback only)
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+tensorboard: install  ## TensorBoard on http://127.0.0.1:6006 (loopback only)
+	tensorboard --logdir runs --host 127.0.0.1 --port 6006
 
 lint: install
 	ruff check src tests benchmarks && ruff format --check src tests benchmarks

@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", default=str(ROOT / "datasets" / "fashion-mnist.json"))
     parser.add_argument(
         "--base-params",
-        default=str(ROOT / "params.yaml"),
+        default=str(ROOT / "configs" / "tutorial.yaml"),
         help="params the project runs start from (train knobs such as threads/channels_last kept); 'none' for "
         "the code's defaults",
     )
