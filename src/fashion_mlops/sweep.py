@@ -10,7 +10,7 @@ import multiprocessing as mp
 import queue
 import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ def run_sweep(params: Params, params_path: Path, reports: Path = REPORTS) -> lis
                 _set_threads(params.train.threads)
                 for outcome in pending:
                     run_cell(outcome, splits, tracker, _bar_updater(bar))
+        wait_for_models(outcomes)
         best = select_best(outcomes)
         write_reports(outcomes, best, tracker.sweep_run_id, reports)
         tracker.finish(
@@ -134,6 +135,17 @@ def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) 
     return outcome
 
 
+def wait_for_models(outcomes: list[CellOutcome]) -> None:
+    """Replace each pending model upload by its URI; a cell whose model could not be logged is FAILED."""
+    for outcome in outcomes:
+        if isinstance(outcome.model_uri, Future):
+            try:
+                outcome.model_uri = outcome.model_uri.result()
+            except Exception as error:
+                outcome.model_uri, outcome.status = None, "FAILED"
+                outcome.failure = f"model logging failed: {type(error).__name__}: {error}"
+
+
 def _reuse_if_possible(outcome: CellOutcome, tracker: Any, bar: tqdm) -> bool:
     """Reuse an earlier FINISHED run with the same fingerprint (params, data, code) instead of training."""
     earlier = tracker.find_reusable(outcome.spec)
@@ -176,7 +188,9 @@ def _worker_run(outcome: CellOutcome) -> CellOutcome:
     def on_epoch(name: str, result: EpochResult) -> None:
         _WORKER["events"].put((name, result.val_accuracy))
 
-    return run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
+    run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
+    wait_for_models([outcome])  # a future cannot travel back to the main process
+    return outcome
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from torch import nn
 
 from fashion_mlops.config import Params, RunSpec
@@ -151,48 +153,59 @@ class SweepInfo:
 
 
 class CellRun:
-    """One grid cell's MLflow child run (active in this process) and its TensorBoard directory."""
+    """One grid cell's MLflow child run and its TensorBoard directory.
+
+    Everything goes through the client API with this run's id, so nothing depends on MLflow's
+    thread-local "active run": the model is exported and logged on a background thread while the
+    next cell trains, and that thread ends the run once the model is stored.
+    """
 
     def __init__(self, params: Params, spec: RunSpec, sweep: SweepInfo, name: str, fingerprint: str) -> None:
         self.params = params
         self.spec = spec
+        self.client = mlflow.MlflowClient()
         log_dir = Path(params.tracking.tensorboard_dir) / sweep.sweep_run_id[:8] / name
-        run = mlflow.start_run(
-            experiment_id=sweep.experiment_id,
-            run_name=name,
-            parent_run_id=sweep.sweep_run_id,
-            tags=sweep.tags
+        tags = (
+            sweep.tags
+            | process_tags()
             | {
                 TAG_KIND: "cell",
                 TAG_SWEEP: sweep.sweep_run_id,
                 TAG_FINGERPRINT: fingerprint,
                 TAG_TENSORBOARD: str(log_dir),
+                "mlflow.parentRunId": sweep.sweep_run_id,
             }
-            | process_tags(),
         )
-        self.run_id: str | None = run.info.run_id
+        self.run_id: str | None = self.client.create_run(sweep.experiment_id, run_name=name, tags=tags).info.run_id
         self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
         self.started = time.perf_counter()
+        self.model_logged: Future[str] | None = None
 
     def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None:
-        mlflow.log_params(
-            self.spec.flat_params()
-            | {"val_size": self.params.data.val_size, "subset": self.params.data.subset, "train_images": len(train)}
-        )
-        mlflow.log_input(dataset, context="training")
+        params = self.spec.flat_params() | {
+            "val_size": self.params.data.val_size,
+            "subset": self.params.data.subset,
+            "train_images": len(train),
+        }
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[context])])
         self.tensorboard.log_start(model, train.images[:64])
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
     def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
         values = result.as_dict()
-        epoch = values.pop("epoch")
-        mlflow.log_metrics(values, step=epoch, synchronous=True)
+        self.log_metrics(values, step=values.pop("epoch"))
         self.tensorboard.log_epoch(result, model)
 
-    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
-        """Final metrics, HParams and the model; returns the logged model's URI (None if models are off)."""
+    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> Future[str] | None:
+        """Final metrics and HParams now; the model is logged in the background (returns its future URI)."""
         final = history[-1]
         summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
-        mlflow.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, synchronous=True)
+        self.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, step=final.epoch)
         self.tensorboard.log_hparams(
             self.spec.swept or {"arch": self.spec.arch},
             {
@@ -204,18 +217,50 @@ class CellRun:
         )
         if not self.params.tracking.log_models:
             return None
-        uri = log_model(model, example)
-        mlflow.set_tag(TAG_MODEL_URI, uri)
-        return uri
+        cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+        example_array = (example[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
+        self.model_logged = _model_logging_thread().submit(_log_model_and_finish, self.run_id, cpu_model, example_array)
+        return self.model_logged
 
     def end(self, status: int, reason: str | None = None) -> None:
-        """Flush TensorBoard and end the MLflow run with `status` (and the reason as a tag)."""
+        """Flush TensorBoard and end the run (a FINISHED run with a model pending is ended by the model's thread)."""
         self.tensorboard.close()
-        if mlflow.active_run() is None:
-            return
         if reason:
-            mlflow.set_tag(TAG_FAILURE, reason[:5000])
-        mlflow.end_run(status=RunStatus.to_string(status))
+            self.client.set_tag(self.run_id, TAG_FAILURE, reason[:5000])
+        if self.model_logged is not None and status == RunStatus.FINISHED:
+            return
+        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+
+
+_model_logger: ThreadPoolExecutor | None = None
+
+
+def _model_logging_thread() -> ThreadPoolExecutor:
+    """One background thread per process that exports and logs models in order."""
+    global _model_logger
+    if _model_logger is None:
+        _model_logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log-model")
+    return _model_logger
+
+
+def _log_model_and_finish(run_id: str, model: nn.Module, example: np.ndarray) -> str:
+    """Log the model into `run_id` (active on this thread only), then end the run FINISHED (FAILED on error)."""
+    mlflow.start_run(run_id=run_id)
+    try:
+        uri = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_NAME,
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
+        ).model_uri
+        mlflow.set_tag(TAG_MODEL_URI, uri)
+    except BaseException as error:
+        mlflow.set_tag(TAG_FAILURE, f"model logging failed: {type(error).__name__}: {error}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    return uri
 
 
 class NullCellRun:
@@ -356,17 +401,3 @@ class NullSweepTracker:
     def finish(self, metrics: dict[str, float], tags: dict[str, str], reports: Path) -> None: ...
 
     def end(self, status: int, reason: str | None = None) -> None: ...
-
-
-def log_model(model: nn.Module, example_images: torch.Tensor) -> str:
-    """Log a CPU copy of the model with MLflow (pt2 format: no pickles), signature and input example."""
-    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
-    example = (example_images[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
-    info = mlflow.pytorch.log_model(
-        cpu_model,
-        name=MODEL_NAME,
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
-    )
-    return info.model_uri
