@@ -22,7 +22,7 @@ def valid_params() -> dict[str, Any]:
     """A complete, valid params mapping whose every output path is relative, so it would land in the cwd."""
     return {
         "data": {
-            "manifest": "datasets/fashion-mnist.json",
+            "manifest": str(REPO_ROOT / "datasets" / "fashion-mnist.json"),
             "sources": ["no-such-dataset-dir", "http://127.0.0.1:9/never-contacted"],
             "dir": "data/raw",
             "val_size": 50,
@@ -78,6 +78,12 @@ BAD_INPUTS: list[tuple[str, str | None, tuple[str, ...]]] = [
     ("lr-zero", as_yaml(with_value("train.lr", 0)), ("train.lr",)),
     ("shuffle-not-a-bool", as_yaml(with_value("train.shuffle", "maybe")), ("train.shuffle",)),
     ("unknown-optimizer", as_yaml(with_value("train.optimizer", "rmsprop")), ("train.optimizer",)),
+    (
+        "manifest-file-missing",
+        as_yaml(with_value("data.manifest", "no/such/manifest.json")),
+        ("data.manifest", "not found"),
+    ),
+    ("duplicate-yaml-key", "data:\n  val_size: 5\n  val_size: 6\n", ("val_size", "twice")),
     ("unknown-top-level-key", as_yaml(with_value("trian", {"epochs": 3})), ("trian", "unknown key")),
     ("unknown-key-in-train", as_yaml(with_value("train.epoch", 3)), ("train.epoch", "unknown key")),
     ("unknown-key-in-sweep", as_yaml(with_value("sweep.grids", {})), ("sweep.grids", "unknown key")),

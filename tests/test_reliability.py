@@ -1,0 +1,830 @@
+"""Reliability: what the CLI leaves behind when training diverges, a process is signalled or killed, two
+evaluations race for the registry alias, or the tracking server is there or not.
+
+Everything runs as real `python -m fashion_mlops` processes on conftest's sample dataset (decompressed once
+into a shared data dir), each in its own work directory with its own SQLite store unless a test shares one on
+purpose. Signals are real signals sent to the running process; the stores are read back with MlflowClient
+once the process has ended. While a sweep is still running, the test only reads its SQLite file through a
+read-only sqlite3 connection: an MlflowClient opened on a store whose schema is still being created by the
+sweep would try to create it too.
+
+Every run uses simple_cnn, one CPU thread (train.threads: 1) and at most three epochs; expensive set-ups
+(reference sweeps, interrupted sweeps, the registry sequence, the MLflow server) are module-scoped fixtures
+shared by several tests, and independent processes of one fixture run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import psutil
+import pytest
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import REPO_ROOT, tiny_params, write_params
+from fashion_mlops.download import download_dataset
+from fashion_mlops.manifest import load_manifest
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = REPO_ROOT / ".venv" / "bin" if (REPO_ROOT / ".venv" / "bin").is_dir() else Path(sys.executable).parent
+GRID = {"lr": [0.01, 0.003], "batch_size": [32, 64]}  # four cells: long enough to interrupt after the first
+EPOCHS = 3
+N_CELLS = 4
+# sweep.csv columns that depend on wall time or on which run produced them; every other column must match.
+VOLATILE_COLUMNS = ("run_id", "epoch_duration_s", "run_duration_s")
+# SGD at lr 10 with momentum 0.9 and weight decay 0.5 overflows the sample's loss to NaN within epoch 1.
+DIVERGING = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 0.5, "train.epochs": 1}
+PROCESS_TIMEOUT_S = 300
+SIGNAL_WAIT_TIMEOUT_S = 240
+UNREACHABLE_LIMIT_S = 15.0
+TAG_KIND = "fashion_mlops.kind"
+TAG_FAILURE = "fashion_mlops.failure"
+TAG_REUSED_FROM = "fashion_mlops.reused_from"
+TAG_MODEL_URI = "fashion_mlops.model_uri"
+TAG_TENSORBOARD = "tensorboard.dir"
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".pt")
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The user's environment without tracking-server overrides or proxies, plus `extra`."""
+    dropped = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in dropped}
+    env |= {
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    return env | extra
+
+
+def _default_sigint() -> None:
+    """Give the child the default SIGINT disposition (Python then raises KeyboardInterrupt on it), as in a
+    terminal, even when this test process was started with SIGINT ignored (e.g. as a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed_s: float
+
+    def describe(self) -> str:
+        return (
+            f"`{' '.join(self.argv)}` exited {self.returncode} after {self.elapsed_s:.1f}s\n"
+            f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}"
+        )
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+@dataclass
+class Proc:
+    """A running CLI process whose stdout and stderr go to files (tqdm writes a lot to stderr)."""
+
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    started: float
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait(self, timeout: float = PROCESS_TIMEOUT_S) -> Result:
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            pytest.fail(f"`{' '.join(self.argv)}` did not end within {timeout}s\n{self.err.read_text()[-4000:]}")
+        return Result(
+            self.argv,
+            self.popen.returncode,
+            self.out.read_text(errors="replace"),
+            self.err.read_text(errors="replace"),
+            time.monotonic() - self.started,
+        )
+
+
+@dataclass
+class Workdir:
+    """One project checkout's worth of state: params.yaml, reports/ and (unless shared) the MLflow store."""
+
+    root: Path
+    params: dict[str, Any]
+    launched: int = field(default=0)
+
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def uri(self) -> str:
+        return self.params["tracking"]["mlflow_uri"]
+
+    @property
+    def db(self) -> Path:
+        return Path(self.uri.removeprefix("sqlite:///"))
+
+    @property
+    def experiment(self) -> str:
+        return self.params["tracking"]["experiment"]
+
+    def client(self, uri: str | None = None) -> MlflowClient:
+        return MlflowClient(tracking_uri=uri or self.uri, registry_uri=uri or self.uri)
+
+    def report(self, name: str) -> Any:
+        return json.loads((self.reports / name).read_text())
+
+    def start(self, command: str, env: dict[str, str] | None = None) -> Proc:
+        self.launched += 1
+        stem = self.root / f"{command}-{self.launched}"
+        argv = [
+            sys.executable,
+            "-m",
+            "fashion_mlops",
+            "--params",
+            str(self.params_path),
+            "--reports",
+            str(self.reports),
+            command,
+        ]
+        out, err = stem.with_suffix(".stdout"), stem.with_suffix(".stderr")
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            popen = subprocess.Popen(
+                argv,
+                cwd=self.root,
+                env=env or base_env(),
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_default_sigint,  # no threads of ours run while it forks
+            )
+        return Proc(argv, popen, out, err, time.monotonic())
+
+    def run(self, command: str, env: dict[str, str] | None = None, expect: int | None = 0) -> Result:
+        result = self.start(command, env).wait()
+        if expect is not None:
+            assert result.returncode == expect, result.describe()
+        return result
+
+
+def make_workdir(root: Path, dataset: Path, raw_dir: Path, **overrides: Any) -> Workdir:
+    """tiny_params on the shared, already downloaded data, one training thread, the 4-cell grid, 3 epochs."""
+    root.mkdir(parents=True)
+    settings = {
+        "data.dir": str(raw_dir),
+        "train.threads": 1,
+        "train.epochs": EPOCHS,
+        "sweep.grid": {k: list(v) for k, v in GRID.items()},
+    } | overrides
+    params = tiny_params(dataset, root, **settings)
+    write_params(root / "params.yaml", params)
+    return Workdir(root, params)
+
+
+def run_together(*started: Proc) -> list[Result]:
+    return [proc.wait() for proc in started]
+
+
+# --- reading stores -------------------------------------------------------------------------------------------
+
+
+def cell_statuses(db: Path) -> list[tuple[str, str, str | None]]:
+    """(run id, status, kind tag) of every run, read through a read-only connection while a sweep writes."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute(
+                "SELECT r.run_uuid, r.status, t.value FROM runs r "
+                "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ?",
+                (TAG_KIND,),
+            ).fetchall()
+    except sqlite3.Error:  # the schema is still being created, or a writer holds the lock right now
+        return []
+
+
+def count_cells(db: Path, status: str) -> int:
+    return sum(1 for _, s, kind in cell_statuses(db) if kind == "cell" and s == status)
+
+
+def wait_until(condition: Callable[[], bool], procs: list[Proc], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                result = proc.wait()
+                pytest.fail(f"the process ended before {what}:\n{result.describe()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def all_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment!r} does not exist"
+    return client.search_runs([found.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+
+
+def sweeps(runs: list[Run]) -> list[Run]:
+    """The sweep parent runs, oldest first."""
+    return sorted((r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"), key=lambda r: r.info.start_time)
+
+
+def children(runs: list[Run], parent: Run) -> list[Run]:
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def running(runs: list[Run]) -> list[str]:
+    return [f"{r.info.run_name} ({r.info.run_id})" for r in runs if r.info.status == "RUNNING"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def stable_rows(path: Path) -> list[dict[str, str]]:
+    """sweep.csv as text, without the columns that legitimately differ between two identical sweeps."""
+    return [{k: v for k, v in row.items() if k not in VOLATILE_COLUMNS} for row in read_csv(path)]
+
+
+def load_events(directory: Path) -> event_accumulator.EventAccumulator:
+    guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
+    return event_accumulator.EventAccumulator(str(directory), size_guidance=guidance).Reload()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- shared set-ups -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_dir(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample dataset as the download stage leaves it, shared read-only by every work directory."""
+    raw = tmp_path_factory.mktemp("raw")
+    download_dataset(load_manifest(sample_dataset / "manifest.json"), [str(sample_dataset)], raw)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def new_workdir(sample_dataset: Path, raw_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    def make(name: str, **overrides: Any) -> Workdir:
+        return make_workdir(tmp_path_factory.mktemp(name) / "work", sample_dataset, raw_dir, **overrides)
+
+    return make
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Two uninterrupted serial sweeps of the same params in two fresh work directories."""
+
+    first: Workdir
+    second: Workdir
+
+
+@pytest.fixture(scope="module")
+def reference(new_workdir) -> Reference:
+    first, second = new_workdir("reference-a"), new_workdir("reference-b")
+    for result in run_together(first.start("sweep"), second.start("sweep")):
+        assert result.returncode == 0, result.describe()
+    return Reference(first, second)
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(reference: Reference, new_workdir) -> Workdir:
+    """The reference params with sweep.workers: 2, in the first reference's store; resume off so it trains."""
+    work = new_workdir("parallel", **{"sweep.workers": 2, "sweep.resume": False})
+    work.params["tracking"] = dict(reference.first.params["tracking"])
+    write_params(work.params_path, work.params)
+    work.run("sweep")
+    return work
+
+
+# --- 1. diverging runs ----------------------------------------------------------------------------------------
+
+
+def test_a_diverging_cell_fails_alone_and_the_sweep_picks_the_finished_one(new_workdir) -> None:
+    work = new_workdir("diverge-one", **DIVERGING, **{"sweep.grid": {"lr": [0.01, 10.0]}})
+
+    result = work.run("sweep")
+
+    runs = all_runs(work.client(), work.experiment)
+    assert not running(runs)
+    (parent,) = sweeps(runs)
+    assert parent.info.status == "FINISHED"
+    cells = {c.info.run_name: c for c in children(runs, parent)}
+    fine, diverged = cells["run-00-lr=0.01"], cells["run-01-lr=10.0"]
+    assert diverged.info.status == "FAILED"
+    failure = diverged.data.tags.get(TAG_FAILURE, "")
+    assert "diverged" in failure and ("nan" in failure or "inf" in failure), failure
+    assert TAG_MODEL_URI not in diverged.data.tags
+    assert fine.info.status == "FINISHED"
+    best = work.report("best_run.json")
+    assert (best["run_name"], best["run_id"]) == ("run-00-lr=0.01", fine.info.run_id)
+    sweep = work.report("sweep.json")
+    assert (sweep["finished_runs"], sweep["total_runs"]) == (1, 2)
+    assert sweep["runs"]["run-01-lr=10.0"]["status"] == "FAILED"
+    assert "FAILED" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_sweep_whose_every_cell_diverges_fails_with_one_line_and_registers_nothing(new_workdir) -> None:
+    work = new_workdir("diverge-all", **DIVERGING, **{"train.lr": 10.0, "sweep.grid": {"weight_decay": [0.5, 0.9]}})
+
+    result = work.run("sweep", expect=None)
+
+    assert result.returncode != 0, result.describe()
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = result.error_lines()
+    assert len(errors) == 1, result.stderr
+    assert "no grid cell finished" in errors[0] and "diverged" in errors[0], errors[0]
+    client = work.client()
+    runs = all_runs(client, work.experiment)
+    assert not running(runs)
+    (parent,) = sweeps(runs)
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children(runs, parent)] == ["FAILED", "FAILED"]
+    assert client.search_registered_models() == []
+    assert not (work.reports / "best_run.json").exists()
+
+
+# --- 2. interruption and resume -------------------------------------------------------------------------------
+
+
+@dataclass
+class Interrupted:
+    """A sweep signalled after its first finished cell, its store as the signal left it, then a rerun."""
+
+    work: Workdir
+    first: Result
+    after_signal: list[Run]
+    reports_after_signal: list[str]
+    rerun: Result
+
+
+INTERRUPTS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+
+
+@pytest.fixture(scope="module")
+def interrupted(new_workdir) -> dict[str, Interrupted]:
+    """For SIGTERM and SIGINT side by side: start the 4-cell sweep, signal it once a cell has FINISHED and the
+    next is RUNNING, snapshot the store, then run the same sweep again to completion."""
+    works = {name: new_workdir(f"interrupt-{name}") for name in INTERRUPTS}
+    procs = {name: work.start("sweep") for name, work in works.items()}
+    pending = dict(procs)
+
+    def signal_the_ready_ones() -> bool:
+        for name, proc in list(pending.items()):
+            db = works[name].db
+            if count_cells(db, "FINISHED") >= 1 and count_cells(db, "RUNNING") >= 1:
+                proc.popen.send_signal(INTERRUPTS[name])
+                del pending[name]
+        return not pending
+
+    wait_until(signal_the_ready_ones, list(procs.values()), "a finished and a running cell", SIGNAL_WAIT_TIMEOUT_S)
+    firsts = {name: proc.wait() for name, proc in procs.items()}
+    snapshots = {name: all_runs(work.client(), work.experiment) for name, work in works.items()}
+    reports = {
+        name: sorted(p.name for p in work.reports.glob("*")) if work.reports.exists() else []
+        for name, work in works.items()
+    }
+    reruns = dict(zip(works, run_together(*(work.start("sweep") for work in works.values())), strict=True))
+    return {
+        name: Interrupted(works[name], firsts[name], snapshots[name], reports[name], reruns[name]) for name in works
+    }
+
+
+@pytest.mark.parametrize("signame", INTERRUPTS)
+def test_an_interrupted_sweep_exits_130_and_leaves_no_run_running(interrupted, signame: str) -> None:
+    case = interrupted[signame]
+
+    assert case.first.returncode == 130, case.first.describe()
+    assert "interrupted" in case.first.stderr and "Traceback" not in case.first.stderr, case.first.stderr
+    assert not running(case.after_signal), f"RUNNING after {signame}: {running(case.after_signal)}"
+    (parent,) = sweeps(case.after_signal)
+    assert parent.info.status == "KILLED"
+    statuses = sorted(c.info.status for c in children(case.after_signal, parent))
+    assert statuses.count("KILLED") == 1, statuses
+    assert statuses.count("FINISHED") >= 1, statuses
+    killed = next(c for c in children(case.after_signal, parent) if c.info.status == "KILLED")
+    assert killed.data.tags.get(TAG_FAILURE) == "interrupted"
+    assert case.reports_after_signal == [], f"an interrupted sweep wrote reports: {case.reports_after_signal}"
+
+
+@pytest.mark.parametrize("signame", INTERRUPTS)
+def test_an_interrupted_runs_tensorboard_events_are_flushed(interrupted, signame: str) -> None:
+    case = interrupted[signame]
+    client = case.work.client()
+    (parent,) = sweeps(case.after_signal)
+    for child in children(case.after_signal, parent):
+        directory = Path(child.data.tags[TAG_TENSORBOARD])
+        assert list(directory.glob("events.out.tfevents.*")), f"{child.info.run_name}: no event file"
+        events = load_events(directory)
+        logged = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
+        written = [e.step for e in events.Scalars("accuracy/val")] if "accuracy/val" in events.Tags()["scalars"] else []
+        if child.info.status == "FINISHED":
+            assert written == logged == list(range(1, EPOCHS + 1)), child.info.run_name
+        else:  # the signal may land between the MLflow and the TensorBoard write of one epoch, not more
+            assert written == logged[: len(written)] and len(logged) - len(written) <= 1, (logged, written)
+        if written:  # written at the run's start, before its first epoch
+            assert "samples/train" in events.Tags()["images"], child.info.run_name
+            assert events.Tags()["graph"], child.info.run_name
+
+
+@pytest.mark.parametrize("signame", INTERRUPTS)
+def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uninterrupted_one(
+    interrupted, reference: Reference, signame: str
+) -> None:
+    case = interrupted[signame]
+    assert case.rerun.returncode == 0, case.rerun.describe()
+    runs = all_runs(case.work.client(), case.work.experiment)
+    assert not running(runs)
+    old, new = sweeps(runs)
+    finished_before = {c.info.run_id for c in children(case.after_signal, old) if c.info.status == "FINISHED"}
+    new_cells = children(runs, new)
+    assert new.info.status == "FINISHED" and len(new_cells) == N_CELLS
+    assert all(c.info.status == "FINISHED" for c in new_cells)
+    reused = {c.data.tags[TAG_REUSED_FROM] for c in new_cells if TAG_REUSED_FROM in c.data.tags}
+    assert reused == finished_before
+    assert case.rerun.stdout.count("(reused)") == len(finished_before), case.rerun.stdout
+    assert stable_rows(case.work.reports / "sweep.csv") == stable_rows(reference.first.reports / "sweep.csv")
+    assert case.work.report("best_run.json")["run_name"] == reference.first.report("best_run.json")["run_name"]
+
+
+def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker_alive(new_workdir) -> None:
+    work = new_workdir("interrupt-workers", **{"sweep.workers": 2})
+    proc = work.start("sweep")
+    wait_until(lambda: count_cells(work.db, "RUNNING") >= 1, [proc], "a running cell", SIGNAL_WAIT_TIMEOUT_S)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+
+    proc.popen.send_signal(signal.SIGTERM)
+    result = proc.wait(timeout=120)
+
+    assert result.returncode == 130, result.describe()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"worker processes outlived the sweep: {[p.pid for p in alive]}"
+    runs = all_runs(work.client(), work.experiment)
+    assert not running(runs), f"RUNNING after SIGTERM: {running(runs)}"
+    (parent,) = sweeps(runs)
+    assert parent.info.status == "KILLED"
+    assert "KILLED" in {c.info.status for c in children(runs, parent)}
+
+
+# --- 3. SIGKILL -----------------------------------------------------------------------------------------------
+
+
+def test_runs_left_running_by_sigkill_are_marked_killed_by_the_next_sweep(new_workdir) -> None:
+    work = new_workdir("sigkill", **{"sweep.grid": {"lr": [0.01]}})
+    proc = work.start("sweep")
+    wait_until(lambda: count_cells(work.db, "RUNNING") >= 1, [proc], "a running cell", SIGNAL_WAIT_TIMEOUT_S)
+
+    proc.popen.send_signal(signal.SIGKILL)
+    assert proc.wait().returncode == -signal.SIGKILL
+    client = work.client()
+    orphans = running(all_runs(client, work.experiment))
+    assert len(orphans) == 2, f"expected the sweep and its cell RUNNING after SIGKILL, got {orphans}"
+
+    work.run("sweep")
+
+    runs = all_runs(client, work.experiment)
+    assert not running(runs)
+    old, new = sweeps(runs)
+    for run in [old, *children(runs, old)]:
+        assert run.info.status == "KILLED", run.info.run_name
+        assert f"process {proc.pid}" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags.get(TAG_FAILURE)
+        assert "died" in run.data.tags[TAG_FAILURE]
+    assert new.info.status == "FINISHED"
+    assert [c.info.status for c in children(runs, new)] == ["FINISHED"]
+
+
+# --- 4. determinism -------------------------------------------------------------------------------------------
+
+
+def test_two_fresh_sweeps_give_bit_identical_metrics_and_the_same_best_run(reference: Reference) -> None:
+    first, second = (stable_rows(w.reports / "sweep.csv") for w in (reference.first, reference.second))
+    assert len(first) == N_CELLS * EPOCHS
+    assert first == second
+    assert reference.first.report("best_run.json")["run_name"] == reference.second.report("best_run.json")["run_name"]
+
+
+def test_a_sweep_with_two_workers_gives_the_serial_sweeps_metrics(reference: Reference, parallel_sweep) -> None:
+    serial = stable_rows(reference.first.reports / "sweep.csv")
+    parallel = stable_rows(parallel_sweep.reports / "sweep.csv")
+    assert parallel == serial
+    runs = all_runs(parallel_sweep.client(), parallel_sweep.experiment)
+    newest = sweeps(runs)[-1]
+    assert not any(TAG_REUSED_FROM in c.data.tags for c in children(runs, newest)), "resume: false reused runs"
+
+
+# --- 5. the registry ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    evaluation: dict[str, Any]
+    holder: str  # the version holding the alias after this evaluation
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def registry_steps(reference: Reference, parallel_sweep: Workdir, new_workdir) -> dict[str, Step]:
+    """In the first reference store: evaluate its best model, then the bit-identical model of the 2-worker
+    sweep (equal accuracy), then a 1-epoch, tiny-lr model (worse)."""
+    worse = new_workdir("worse", **{"train.epochs": 1, "train.lr": 1e-5, "sweep.grid": {}})
+    worse.params["tracking"] = dict(reference.first.params["tracking"])
+    write_params(worse.params_path, worse.params)
+    client = reference.first.client()
+    registry = reference.first.params["registry"]
+    steps = {}
+    for name, work in (("first", reference.first), ("equal", parallel_sweep), ("worse", worse)):
+        if name == "worse":
+            work.run("sweep")
+        result = work.run("evaluate")
+        holder = client.get_model_version_by_alias(registry["model_name"], registry["alias"]).version
+        steps[name] = Step(work.report("evaluation.json"), holder, result.stdout)
+    return steps
+
+
+def test_the_first_evaluation_registers_and_promotes(registry_steps) -> None:
+    first = registry_steps["first"]
+    assert first.evaluation["promoted"] is True
+    assert first.evaluation["model_version"] == 1 and first.holder == "1"
+    assert "promoted to @champion" in first.stdout
+
+
+def test_an_equally_accurate_candidate_is_registered_but_does_not_take_the_alias(registry_steps) -> None:
+    first, equal = registry_steps["first"], registry_steps["equal"]
+    assert equal.evaluation["test_accuracy"] == first.evaluation["test_accuracy"]
+    assert equal.evaluation["model_uri"] != first.evaluation["model_uri"]
+    assert equal.evaluation["model_version"] == 2
+    assert equal.evaluation["promoted"] is False and equal.holder == "1"
+
+
+def test_a_worse_candidate_is_registered_but_does_not_take_the_alias(registry_steps, reference: Reference) -> None:
+    first, worse = registry_steps["first"], registry_steps["worse"]
+    assert worse.evaluation["test_accuracy"] < first.evaluation["test_accuracy"]
+    assert worse.evaluation["model_version"] == 3
+    assert worse.evaluation["promoted"] is False and worse.holder == "1"
+    assert worse.evaluation["previous_champion"]["version"] == 1
+    versions = reference.first.client().search_model_versions(
+        f"name = '{reference.first.params['registry']['model_name']}'"
+    )
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+
+
+def test_two_evaluations_racing_on_one_store_both_register_and_the_better_holds_the_alias(
+    reference: Reference, new_workdir
+) -> None:
+    store = reference.first
+    cells = store.report("sweep.json")["runs"]
+    client = store.client()
+    contenders = []
+    for name in sorted(cells)[:2]:
+        run = client.get_run(cells[name]["run_id"])
+        work = new_workdir(f"race-{name[:6]}", **{"registry.model_name": "race-cnn"})
+        work.params["tracking"] = dict(store.params["tracking"])  # one shared absolute sqlite:/// store
+        write_params(work.params_path, work.params)
+        best = {
+            "run_name": name,
+            "run_id": run.info.run_id,
+            "sweep_run_id": run.data.tags["mlflow.parentRunId"],
+            "model_uri": run.data.tags[TAG_MODEL_URI],
+            "arch": "simple_cnn",
+            "val_accuracy": cells[name]["val_accuracy"],
+            "val_loss": cells[name]["val_loss"],
+            "params": dict(run.data.params),
+            "reused_from": None,
+        }
+        work.reports.mkdir()
+        (work.reports / "best_run.json").write_text(json.dumps(best))
+        contenders.append(work)
+
+    results = run_together(*(work.start("evaluate") for work in contenders))
+
+    for result in results:
+        assert result.returncode == 0, result.describe()
+    evaluations = [work.report("evaluation.json") for work in contenders]
+    numbers = sorted(e["model_version"] for e in evaluations)
+    assert numbers == [1, 2], f"lost or duplicated versions: {numbers}"
+    registered = client.search_model_versions("name = 'race-cnn'")
+    assert sorted(int(v.version) for v in registered) == [1, 2]
+    holder = client.get_model_version_by_alias("race-cnn", "champion")
+    best_accuracy = max(e["test_accuracy"] for e in evaluations)
+    holder_accuracy = next(e["test_accuracy"] for e in evaluations if e["model_version"] == int(holder.version))
+    assert holder_accuracy == best_accuracy, evaluations
+    assert sum(e["promoted"] for e in evaluations) >= 1
+
+
+def logged_model_files(reference: Reference) -> tuple[str, list[Path]]:
+    best = reference.first.report("best_run.json")
+    model = reference.first.client().get_logged_model(best["model_uri"].removeprefix("models:/"))
+    root = Path(model.artifact_location.removeprefix("file://"))
+    return best["model_uri"], [p for p in root.rglob("*") if p.is_file()]
+
+
+def is_pickle(data: bytes) -> bool:
+    """A pickle of protocol 2 or later starts with PROTO (0x80) and its version number."""
+    return len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5
+
+
+def test_a_logged_pt2_model_holds_no_pickle_files(reference: Reference) -> None:
+    _, files = logged_model_files(reference)
+    assert any(p.suffix == ".pt2" for p in files), files
+    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES or is_pickle(p.read_bytes()[:2])]
+    assert pickles == []
+
+
+def test_a_logged_pt2_archive_holds_no_pickles_inside(reference: Reference) -> None:
+    """torch.export.load unpickles what the archive holds and retries with weights_only=False when the
+    restricted load fails, so a pickle inside model.pt2 is as unsafe to load as a .pkl beside it."""
+    _, files = logged_model_files(reference)
+    inside = []
+    for archive in (p for p in files if zipfile.is_zipfile(p)):
+        stack = [(archive.name, zipfile.ZipFile(archive))]
+        while stack:
+            where, zipped = stack.pop()
+            for member in zipped.namelist():
+                data = zipped.read(member)
+                if member.endswith(PICKLE_SUFFIXES) and is_pickle(data[:2]):
+                    inside.append(f"{where}/{member}")
+                if zipfile.is_zipfile(io.BytesIO(data)):
+                    stack.append((f"{where}/{member}", zipfile.ZipFile(io.BytesIO(data))))
+    assert inside == [], f"pickles inside the pt2 model: {inside}"
+
+
+def test_the_logged_model_loads_and_scores_what_evaluate_measured(reference: Reference, registry_steps) -> None:
+    import torch
+
+    from fashion_mlops.datasets import load_split
+    from fashion_mlops.engine import predict_logits
+
+    torch.set_num_threads(1)
+    uri, _ = logged_model_files(reference)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(reference.first.uri)
+    try:
+        model = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    params = reference.first.params
+    test = load_split(load_manifest(params["data"]["manifest"]), Path(params["data"]["dir"]), "test")
+    predictions = predict_logits(model, test.images, batch_size=50).argmax(1)
+    accuracy = (predictions == test.labels).float().mean().item()
+    assert accuracy == registry_steps["first"].evaluation["test_accuracy"]
+
+
+# --- 6. tracking servers --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    uri: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        cwd=root,
+        env=base_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the server's workers are stopped with it
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{uri}/health", timeout=2) as response,  # noqa: S310 - loopback only
+            ):
+                if response.status == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not become healthy:\n{(root / 'server.log').read_text()[-4000:]}")
+            time.sleep(0.25)
+        yield Server(uri, port, process)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_a_sweep_and_evaluate_tracked_on_a_server_are_visible_through_it(mlflow_server: Server, new_workdir) -> None:
+    work = new_workdir("server", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 2})
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)
+
+    work.run("sweep", env=env)
+    work.run("evaluate", env=env)
+
+    assert not work.db.exists(), "MLFLOW_TRACKING_URI was set, yet the sweep wrote the params' SQLite store"
+    client = work.client(mlflow_server.uri)
+    runs = all_runs(client, work.experiment)
+    (parent,) = sweeps(runs)
+    cells = children(runs, parent)
+    assert parent.info.status == "FINISHED" and [c.info.status for c in cells] == ["FINISHED"]
+    registry = work.params["registry"]
+    holder = client.get_model_version_by_alias(registry["model_name"], registry["alias"])
+    assert holder.run_id == cells[0].info.run_id == work.report("best_run.json")["run_id"]
+    assert int(holder.version) == work.report("evaluation.json")["model_version"]
+
+
+def test_the_mlflow_server_listens_on_loopback_only(mlflow_server: Server) -> None:
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == mlflow_server.port
+    }
+    assert listening == {"127.0.0.1"}, listening
+    others = [
+        a.address
+        for addresses in psutil.net_if_addrs().values()
+        for a in addresses
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
+    for address in others:  # no non-loopback IPv4 address: nothing more to check
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex((address, mlflow_server.port)) != 0, f"the server answers on {address}"
+
+
+def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_nothing(new_workdir) -> None:
+    closed = free_port()
+    work = new_workdir("unreachable", **{"sweep.grid": {"lr": [0.01]}})
+    work.params["tracking"]["mlflow_uri"] = f"http://127.0.0.1:{closed}"
+    write_params(work.params_path, work.params)
+
+    result = work.run("sweep", expect=None)
+
+    assert result.returncode != 0, result.describe()
+    assert result.elapsed_s < UNREACHABLE_LIMIT_S, result.describe()
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = result.error_lines()
+    assert len(errors) == 1 and "unreachable" in errors[0], result.stderr
+    assert f"127.0.0.1:{closed}" in errors[0]
+    assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
+    assert not (work.root / "runs").exists(), "a TensorBoard runs/ directory was created"
+    assert not (work.root / "mlruns").exists(), "an artifact directory was created"
