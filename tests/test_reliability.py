@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -57,6 +58,8 @@ DIVERGING = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_deca
 PROCESS_TIMEOUT_S = 300
 SIGNAL_WAIT_TIMEOUT_S = 240
 UNREACHABLE_LIMIT_S = 15.0
+# An interrupted sweep first finishes exporting the models of the cells it trained (a few seconds each here).
+INTERRUPT_EXIT_LIMIT_S = 60.0
 TAG_KIND = "fashion_mlops.kind"
 TAG_FAILURE = "fashion_mlops.failure"
 TAG_REUSED_FROM = "fashion_mlops.reused_from"
@@ -104,6 +107,9 @@ class Result:
 
     def error_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+STARTED: list[Proc] = []
 
 
 @dataclass
@@ -193,8 +199,11 @@ class Workdir:
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_default_sigint,  # no threads of ours run while it forks
+                start_new_session=True,  # its own process group, with its workers: see stop_leftover_processes
             )
-        return Proc(argv, popen, out, err, time.monotonic())
+        proc = Proc(argv, popen, out, err, time.monotonic())
+        STARTED.append(proc)
+        return proc
 
     def run(self, command: str, env: dict[str, str] | None = None, expect: int | None = 0) -> Result:
         result = self.start(command, env).wait()
@@ -224,26 +233,52 @@ def run_together(*started: Proc) -> list[Result]:
 # --- reading stores -------------------------------------------------------------------------------------------
 
 
-def cell_statuses(db: Path) -> list[tuple[str, str, str | None]]:
-    """(run id, status, kind tag) of every run, read through a read-only connection while a sweep writes."""
+@dataclass(frozen=True)
+class CellState:
+    status: str
+    started: bool  # its params are logged: the run got past its creation into run_cell's try block
+    epochs: bool  # at least one epoch's metrics are logged
+    trained: bool  # its final metrics are logged: training is over, its model may still be being exported
+
+
+CELL_STATES = """
+SELECT r.status,
+       EXISTS (SELECT 1 FROM params p WHERE p.run_uuid = r.run_uuid),
+       EXISTS (SELECT 1 FROM latest_metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'val_accuracy'),
+       EXISTS (SELECT 1 FROM latest_metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'final_val_accuracy')
+FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'fashion_mlops.kind' AND t.value = 'cell'
+"""
+
+
+def cell_states(db: Path) -> list[CellState]:
+    """Every cell run's state, read through a read-only connection while a sweep writes the store."""
     if not db.exists():
         return []
     try:
         with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as connection:
-            return connection.execute(
-                "SELECT r.run_uuid, r.status, t.value FROM runs r "
-                "LEFT JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ?",
-                (TAG_KIND,),
-            ).fetchall()
+            rows = connection.execute(CELL_STATES).fetchall()
     except sqlite3.Error:  # the schema is still being created, or a writer holds the lock right now
         return []
+    return [CellState(status, *map(bool, flags)) for status, *flags in rows]
 
 
-def count_cells(db: Path, status: str) -> int:
-    return sum(1 for _, s, kind in cell_statuses(db) if kind == "cell" and s == status)
+def any_cell(db: Path) -> bool:
+    return bool(cell_states(db))
 
 
-def wait_until(condition: Callable[[], bool], procs: list[Proc], what: str, timeout: float) -> None:
+def mid_training(db: Path) -> bool:
+    """A cell has logged an epoch but not its final metrics: a signal now lands inside `train`."""
+    return any(c.status == "RUNNING" and c.epochs and not c.trained for c in cell_states(db))
+
+
+def one_trained_and_one_mid_training(db: Path) -> bool:
+    cells = cell_states(db)
+    return any(c.trained for c in cells) and any(c.status == "RUNNING" and c.epochs and not c.trained for c in cells)
+
+
+def wait_until(
+    condition: Callable[[], bool], procs: list[Proc], what: str, timeout: float, every_s: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         for proc in procs:
@@ -252,7 +287,7 @@ def wait_until(condition: Callable[[], bool], procs: list[Proc], what: str, time
                 pytest.fail(f"the process ended before {what}:\n{result.describe()}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(every_s)
 
 
 def all_runs(client: MlflowClient, experiment: str) -> list[Run]:
@@ -298,6 +333,17 @@ def free_port() -> int:
 # --- shared set-ups -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_leftover_processes() -> Iterator[None]:
+    """A failed test must not leave its sweeps (and their worker processes) training in the background."""
+    yield
+    for proc in STARTED:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.popen.wait()
+
+
 @pytest.fixture(scope="module")
 def raw_dir(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample dataset as the download stage leaves it, shared read-only by every work directory."""
@@ -323,31 +369,49 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(new_workdir) -> Reference:
-    first, second = new_workdir("reference-a"), new_workdir("reference-b")
-    for result in run_together(first.start("sweep"), second.start("sweep")):
+def fresh_sweeps(new_workdir) -> dict[str, Workdir]:
+    """Three uninterrupted sweeps of the 4-cell grid, side by side, each in a fresh work directory and store:
+    two serial ones and one with sweep.workers: 2 (still one thread per run)."""
+    works = {
+        "serial-a": new_workdir("reference-a"),
+        "serial-b": new_workdir("reference-b"),
+        "workers": new_workdir("parallel", **{"sweep.workers": 2}),
+    }
+    for result in run_together(*(work.start("sweep") for work in works.values())):
         assert result.returncode == 0, result.describe()
-    return Reference(first, second)
+    return works
 
 
 @pytest.fixture(scope="module")
-def parallel_sweep(reference: Reference, new_workdir) -> Workdir:
-    """The reference params with sweep.workers: 2, in the first reference's store; resume off so it trains."""
-    work = new_workdir("parallel", **{"sweep.workers": 2, "sweep.resume": False})
-    work.params["tracking"] = dict(reference.first.params["tracking"])
-    write_params(work.params_path, work.params)
-    work.run("sweep")
-    return work
+def reference(fresh_sweeps: dict[str, Workdir]) -> Reference:
+    return Reference(fresh_sweeps["serial-a"], fresh_sweeps["serial-b"])
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(fresh_sweeps: dict[str, Workdir]) -> Workdir:
+    return fresh_sweeps["workers"]
 
 
 # --- 1. diverging runs ----------------------------------------------------------------------------------------
 
 
-def test_a_diverging_cell_fails_alone_and_the_sweep_picks_the_finished_one(new_workdir) -> None:
-    work = new_workdir("diverge-one", **DIVERGING, **{"sweep.grid": {"lr": [0.01, 10.0]}})
+@pytest.fixture(scope="module")
+def diverged(new_workdir) -> dict[str, tuple[Workdir, Result]]:
+    """Two sweeps side by side: one with a diverging cell beside a sane one, one where every cell diverges."""
+    works = {
+        "one": new_workdir("diverge-one", **DIVERGING, **{"sweep.grid": {"lr": [0.01, 10.0]}}),
+        "all": new_workdir(
+            "diverge-all", **DIVERGING, **{"train.lr": 10.0, "sweep.grid": {"weight_decay": [0.5, 0.9]}}
+        ),
+    }
+    results = run_together(*(work.start("sweep") for work in works.values()))
+    return {name: (work, result) for (name, work), result in zip(works.items(), results, strict=True)}
 
-    result = work.run("sweep")
 
+def test_a_diverging_cell_fails_alone_and_the_sweep_picks_the_finished_one(diverged) -> None:
+    work, result = diverged["one"]
+
+    assert result.returncode == 0, result.describe()
     runs = all_runs(work.client(), work.experiment)
     assert not running(runs)
     (parent,) = sweeps(runs)
@@ -367,10 +431,8 @@ def test_a_diverging_cell_fails_alone_and_the_sweep_picks_the_finished_one(new_w
     assert "FAILED" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_a_sweep_whose_every_cell_diverges_fails_with_one_line_and_registers_nothing(new_workdir) -> None:
-    work = new_workdir("diverge-all", **DIVERGING, **{"train.lr": 10.0, "sweep.grid": {"weight_decay": [0.5, 0.9]}})
-
-    result = work.run("sweep", expect=None)
+def test_a_sweep_whose_every_cell_diverges_fails_with_one_line_and_registers_nothing(diverged) -> None:
+    work, result = diverged["all"]
 
     assert result.returncode != 0, result.describe()
     assert "Traceback" not in result.stderr, result.stderr
@@ -392,13 +454,14 @@ def test_a_sweep_whose_every_cell_diverges_fails_with_one_line_and_registers_not
 
 @dataclass
 class Interrupted:
-    """A sweep signalled after its first finished cell, its store as the signal left it, then a rerun."""
+    """A sweep signalled in the middle of training, its store as the signal left it, then a rerun."""
 
     work: Workdir
     first: Result
     after_signal: list[Run]
     reports_after_signal: list[str]
     rerun: Result
+    seconds_to_exit: float  # from the signal to the process's exit
 
 
 INTERRUPTS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
@@ -406,21 +469,33 @@ INTERRUPTS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 
 @pytest.fixture(scope="module")
 def interrupted(new_workdir) -> dict[str, Interrupted]:
-    """For SIGTERM and SIGINT side by side: start the 4-cell sweep, signal it once a cell has FINISHED and the
-    next is RUNNING, snapshot the store, then run the same sweep again to completion."""
+    """For SIGTERM and SIGINT side by side: start the 4-cell sweep, signal it once a cell has finished training
+    and a later one has logged an epoch (so the signal lands inside `train`), snapshot the store, then run the
+    same sweep again to completion.
+
+    Models are exported on a background thread, so a cell's run turns FINISHED a few seconds after its training
+    ends, by when every cell of this tiny grid may be trained; waiting for a FINISHED run would let the signal
+    land where no cell is training. The process finishes exporting the trained cells' models before it exits,
+    so the rerun still has FINISHED cells to reuse."""
     works = {name: new_workdir(f"interrupt-{name}") for name in INTERRUPTS}
     procs = {name: work.start("sweep") for name, work in works.items()}
-    pending = dict(procs)
-
-    def signal_the_ready_ones() -> bool:
-        for name, proc in list(pending.items()):
-            db = works[name].db
-            if count_cells(db, "FINISHED") >= 1 and count_cells(db, "RUNNING") >= 1:
-                proc.popen.send_signal(INTERRUPTS[name])
-                del pending[name]
-        return not pending
-
-    wait_until(signal_the_ready_ones, list(procs.values()), "a finished and a running cell", SIGNAL_WAIT_TIMEOUT_S)
+    signalled: dict[str, float] = {}
+    exited: dict[str, float] = {}
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while len(exited) < len(procs):
+        for name, proc in procs.items():
+            ended = proc.popen.poll() is not None
+            if name not in signalled:
+                if ended:
+                    pytest.fail(f"the {name} sweep ended before it was signalled:\n{proc.wait().describe()}")
+                if one_trained_and_one_mid_training(works[name].db):
+                    proc.popen.send_signal(INTERRUPTS[name])
+                    signalled[name] = time.monotonic()
+            elif name not in exited and ended:
+                exited[name] = time.monotonic()
+        if time.monotonic() > deadline:
+            pytest.fail(f"signalled {sorted(signalled)}, exited {sorted(exited)} after {PROCESS_TIMEOUT_S}s")
+        time.sleep(0.02)
     firsts = {name: proc.wait() for name, proc in procs.items()}
     snapshots = {name: all_runs(work.client(), work.experiment) for name, work in works.items()}
     reports = {
@@ -429,7 +504,10 @@ def interrupted(new_workdir) -> dict[str, Interrupted]:
     }
     reruns = dict(zip(works, run_together(*(work.start("sweep") for work in works.values())), strict=True))
     return {
-        name: Interrupted(works[name], firsts[name], snapshots[name], reports[name], reruns[name]) for name in works
+        name: Interrupted(
+            works[name], firsts[name], snapshots[name], reports[name], reruns[name], exited[name] - signalled[name]
+        )
+        for name in works
     }
 
 
@@ -438,6 +516,7 @@ def test_an_interrupted_sweep_exits_130_and_leaves_no_run_running(interrupted, s
     case = interrupted[signame]
 
     assert case.first.returncode == 130, case.first.describe()
+    assert case.seconds_to_exit < INTERRUPT_EXIT_LIMIT_S, f"exited {case.seconds_to_exit:.0f}s after {signame}"
     assert "interrupted" in case.first.stderr and "Traceback" not in case.first.stderr, case.first.stderr
     assert not running(case.after_signal), f"RUNNING after {signame}: {running(case.after_signal)}"
     (parent,) = sweeps(case.after_signal)
@@ -493,7 +572,7 @@ def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uni
 def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker_alive(new_workdir) -> None:
     work = new_workdir("interrupt-workers", **{"sweep.workers": 2})
     proc = work.start("sweep")
-    wait_until(lambda: count_cells(work.db, "RUNNING") >= 1, [proc], "a running cell", SIGNAL_WAIT_TIMEOUT_S)
+    wait_until(lambda: mid_training(work.db), [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
     workers = psutil.Process(proc.pid).children(recursive=True)
 
     proc.popen.send_signal(signal.SIGTERM)
@@ -509,13 +588,34 @@ def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker
     assert "KILLED" in {c.info.status for c in children(runs, parent)}
 
 
+def test_sigterm_just_after_a_cell_run_is_created_leaves_no_run_running(new_workdir) -> None:
+    """The moment between creating a cell's MLflow run and logging its first params: poll every 2 ms and send
+    SIGTERM as soon as the run exists. Where exactly it lands varies; no landing place may leave it RUNNING."""
+    work = new_workdir("interrupt-start", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
+    proc = work.start("sweep")
+    wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S, every_s=0.002)
+
+    proc.popen.send_signal(signal.SIGTERM)
+    result = proc.wait()
+
+    assert result.returncode == 130, result.describe()
+    runs = all_runs(work.client(), work.experiment)
+    (parent,) = sweeps(runs)
+    cells = children(runs, parent)
+    assert not running(runs), (
+        f"RUNNING after SIGTERM: {running(runs)}; the cell had logged params: {[bool(c.data.params) for c in cells]}"
+    )
+    assert parent.info.status == "KILLED"
+    assert [c.info.status for c in cells] == ["KILLED"]
+
+
 # --- 3. SIGKILL -----------------------------------------------------------------------------------------------
 
 
 def test_runs_left_running_by_sigkill_are_marked_killed_by_the_next_sweep(new_workdir) -> None:
-    work = new_workdir("sigkill", **{"sweep.grid": {"lr": [0.01]}})
+    work = new_workdir("sigkill", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
     proc = work.start("sweep")
-    wait_until(lambda: count_cells(work.db, "RUNNING") >= 1, [proc], "a running cell", SIGNAL_WAIT_TIMEOUT_S)
+    wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S)
 
     proc.popen.send_signal(signal.SIGKILL)
     assert proc.wait().returncode == -signal.SIGKILL
@@ -550,9 +650,7 @@ def test_a_sweep_with_two_workers_gives_the_serial_sweeps_metrics(reference: Ref
     serial = stable_rows(reference.first.reports / "sweep.csv")
     parallel = stable_rows(parallel_sweep.reports / "sweep.csv")
     assert parallel == serial
-    runs = all_runs(parallel_sweep.client(), parallel_sweep.experiment)
-    newest = sweeps(runs)[-1]
-    assert not any(TAG_REUSED_FROM in c.data.tags for c in children(runs, newest)), "resume: false reused runs"
+    assert parallel_sweep.report("best_run.json")["run_name"] == reference.first.report("best_run.json")["run_name"]
 
 
 # --- 5. the registry ------------------------------------------------------------------------------------------
@@ -565,21 +663,64 @@ class Step:
     stdout: str
 
 
+def sharing_store(new_workdir, name: str, store: Workdir, **overrides: Any) -> Workdir:
+    """A work directory of its own whose params point at `store`'s MLflow store (one absolute sqlite:/// path)."""
+    work = new_workdir(name, **overrides)
+    work.params["tracking"] = dict(store.params["tracking"])
+    write_params(work.params_path, work.params)
+    return work
+
+
+def write_best_run(work: Workdir, run: Run, model_uri: str, val_accuracy: float, val_loss: float) -> None:
+    """The best_run.json a sweep would have written for `run`, so `evaluate` can be pointed at any model."""
+    best = {
+        "run_name": run.info.run_name,
+        "run_id": run.info.run_id,
+        "sweep_run_id": run.data.tags.get("mlflow.parentRunId"),
+        "model_uri": model_uri,
+        "arch": "simple_cnn",
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "params": dict(run.data.params),
+        "reused_from": None,
+    }
+    work.reports.mkdir(parents=True, exist_ok=True)
+    (work.reports / "best_run.json").write_text(json.dumps(best))
+
+
+def copy_of_best_model(store: Workdir, work: Workdir) -> None:
+    """Log the files of `store`'s best model again, under a new run: a different model URI with the same
+    weights, so its test accuracy equals the original's exactly."""
+    client = store.client()
+    best = store.report("best_run.json")
+    model = client.get_logged_model(best["model_uri"].removeprefix("models:/"))
+    experiment = client.get_experiment_by_name(store.experiment).experiment_id
+    copy = client.create_run(experiment, run_name="copy-of-best")
+    client.log_artifacts(copy.info.run_id, model.artifact_location.removeprefix("file://"), artifact_path="model")
+    client.set_terminated(copy.info.run_id)
+    copy = client.get_run(copy.info.run_id)
+    write_best_run(work, copy, f"runs:/{copy.info.run_id}/model", best["val_accuracy"], best["val_loss"])
+
+
 @pytest.fixture(scope="module")
-def registry_steps(reference: Reference, parallel_sweep: Workdir, new_workdir) -> dict[str, Step]:
-    """In the first reference store: evaluate its best model, then the bit-identical model of the 2-worker
-    sweep (equal accuracy), then a 1-epoch, tiny-lr model (worse)."""
-    worse = new_workdir("worse", **{"train.epochs": 1, "train.lr": 1e-5, "sweep.grid": {}})
-    worse.params["tracking"] = dict(reference.first.params["tracking"])
-    write_params(worse.params_path, worse.params)
-    client = reference.first.client()
-    registry = reference.first.params["registry"]
+def registry_steps(reference: Reference, new_workdir) -> dict[str, Step]:
+    """In the first reference store: evaluate its best model; then a byte-identical copy of that model under
+    another URI (equal accuracy); then the model of a 1-epoch, tiny-lr sweep (worse)."""
+    store = reference.first
+    equal = sharing_store(new_workdir, "equal", store)
+    worse = sharing_store(new_workdir, "worse", store, **{"train.epochs": 1, "train.lr": 1e-5, "sweep.grid": {}})
+    worse_sweep = worse.start("sweep")  # trains while the first two evaluations run
+    client = store.client()
+    registry = store.params["registry"]
     steps = {}
-    for name, work in (("first", reference.first), ("equal", parallel_sweep), ("worse", worse)):
+    for name, work in (("first", store), ("equal", equal), ("worse", worse)):
+        if name == "equal":
+            copy_of_best_model(store, equal)
         if name == "worse":
-            work.run("sweep")
+            result = worse_sweep.wait()
+            assert result.returncode == 0, result.describe()
         result = work.run("evaluate")
-        holder = client.get_model_version_by_alias(registry["model_name"], registry["alias"]).version
+        holder = str(client.get_model_version_by_alias(registry["model_name"], registry["alias"]).version)
         steps[name] = Step(work.report("evaluation.json"), holder, result.stdout)
     return steps
 
@@ -614,28 +755,16 @@ def test_a_worse_candidate_is_registered_but_does_not_take_the_alias(registry_st
 def test_two_evaluations_racing_on_one_store_both_register_and_the_better_holds_the_alias(
     reference: Reference, new_workdir
 ) -> None:
+    """Two work directories, one SQLite store, a fresh registered model: both processes race to create it,
+    to register a version and to move the alias, starting at the same moment."""
     store = reference.first
     cells = store.report("sweep.json")["runs"]
     client = store.client()
     contenders = []
     for name in sorted(cells)[:2]:
         run = client.get_run(cells[name]["run_id"])
-        work = new_workdir(f"race-{name[:6]}", **{"registry.model_name": "race-cnn"})
-        work.params["tracking"] = dict(store.params["tracking"])  # one shared absolute sqlite:/// store
-        write_params(work.params_path, work.params)
-        best = {
-            "run_name": name,
-            "run_id": run.info.run_id,
-            "sweep_run_id": run.data.tags["mlflow.parentRunId"],
-            "model_uri": run.data.tags[TAG_MODEL_URI],
-            "arch": "simple_cnn",
-            "val_accuracy": cells[name]["val_accuracy"],
-            "val_loss": cells[name]["val_loss"],
-            "params": dict(run.data.params),
-            "reused_from": None,
-        }
-        work.reports.mkdir()
-        (work.reports / "best_run.json").write_text(json.dumps(best))
+        work = sharing_store(new_workdir, f"race-{name[:6]}", store, **{"registry.model_name": "race-cnn"})
+        write_best_run(work, run, run.data.tags[TAG_MODEL_URI], cells[name]["val_accuracy"], cells[name]["val_loss"])
         contenders.append(work)
 
     results = run_together(*(work.start("evaluate") for work in contenders))
@@ -673,22 +802,50 @@ def test_a_logged_pt2_model_holds_no_pickle_files(reference: Reference) -> None:
     assert pickles == []
 
 
-def test_a_logged_pt2_archive_holds_no_pickles_inside(reference: Reference) -> None:
-    """torch.export.load unpickles what the archive holds and retries with weights_only=False when the
-    restricted load fails, so a pickle inside model.pt2 is as unsafe to load as a .pkl beside it."""
+class _RunsAShellCommand:
+    """A pickle payload: unpickling it runs `touch <marker>`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_pt2_model_is_refused_by_the_projects_loader_without_running_code(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """torch.export.load retries a failed weights-only load of the archive's sample inputs with a full
+    unpickle, so MLflow's plain loader runs code planted there; evaluate's loader must refuse it."""
+    import torch
+
+    from fashion_mlops.evaluate import load_logged_model
+
     _, files = logged_model_files(reference)
-    inside = []
-    for archive in (p for p in files if zipfile.is_zipfile(p)):
-        stack = [(archive.name, zipfile.ZipFile(archive))]
-        while stack:
-            where, zipped = stack.pop()
-            for member in zipped.namelist():
-                data = zipped.read(member)
-                if member.endswith(PICKLE_SUFFIXES) and is_pickle(data[:2]):
-                    inside.append(f"{where}/{member}")
-                if zipfile.is_zipfile(io.BytesIO(data)):
-                    stack.append((f"{where}/{member}", zipfile.ZipFile(io.BytesIO(data))))
-    assert inside == [], f"pickles inside the pt2 model: {inside}"
+    model_dir = tmp_path / "model"
+    shutil.copytree(next(p for p in files if p.name == "MLmodel").parent, model_dir)
+    archive = next(model_dir.rglob("*.pt2"))
+    marker = tmp_path / "code-ran"
+    payload = io.BytesIO()
+    torch.save(_RunsAShellCommand(marker), payload)
+    original, rewritten = zipfile.ZipFile(archive), io.BytesIO()
+    with zipfile.ZipFile(rewritten, "w") as out:
+        replaced = 0
+        for info in original.infolist():
+            data = original.read(info.filename)
+            if info.filename.endswith("sample_inputs/model.pt"):
+                data, replaced = payload.getvalue(), replaced + 1
+            out.writestr(info, data)
+    assert replaced == 1
+    archive.write_bytes(rewritten.getvalue())
+
+    with pytest.raises(Exception, match=r"(?i)weights.only"):
+        load_logged_model(str(model_dir))
+    assert not marker.exists()
+
+    with contextlib.suppress(Exception):  # the control: MLflow's plain loader does run the planted code
+        mlflow.pytorch.load_model(str(model_dir))
+    assert marker.exists()
 
 
 def test_the_logged_model_loads_and_scores_what_evaluate_measured(reference: Reference, registry_steps) -> None:
@@ -766,7 +923,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -774,7 +931,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_a_sweep_and_evaluate_tracked_on_a_server_are_visible_through_it(mlflow_server: Server, new_workdir) -> None:
-    work = new_workdir("server", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 2})
+    work = new_workdir("server", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
     env = base_env(MLFLOW_TRACKING_URI=mlflow_server.uri)
 
     work.run("sweep", env=env)
@@ -821,10 +978,10 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_noth
 
     assert result.returncode != 0, result.describe()
     assert result.elapsed_s < UNREACHABLE_LIMIT_S, result.describe()
+    assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
+    assert not (work.root / "runs").exists(), "a TensorBoard runs/ directory was created"
+    assert not (work.root / "mlruns").exists(), "an artifact directory was created"
     assert "Traceback" not in result.stderr, result.stderr
     errors = result.error_lines()
     assert len(errors) == 1 and "unreachable" in errors[0], result.stderr
     assert f"127.0.0.1:{closed}" in errors[0]
-    assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
-    assert not (work.root / "runs").exists(), "a TensorBoard runs/ directory was created"
-    assert not (work.root / "mlruns").exists(), "an artifact directory was created"

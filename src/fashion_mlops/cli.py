@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fashion_mlops import interrupts
 from fashion_mlops.config import ConfigError, Params, load_params
 from fashion_mlops.manifest import ManifestError, load_manifest
 
@@ -83,13 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, interrupts.raise_now)
     logging.basicConfig(level=os.environ.get("FASHION_MLOPS_LOG", "WARNING"))
     if args.command == "make-sample":
         cmd_make_sample(None, args)  # needs no params

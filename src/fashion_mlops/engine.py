@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashion_mlops import interrupts
 from fashion_mlops.config import TrainConfig
 from fashion_mlops.datasets import Split, Splits
 
@@ -146,6 +147,7 @@ def train(
         correct = torch.zeros((), device=device, dtype=torch.long)
         lr = optimizer.param_groups[0]["lr"]
         for step, start in enumerate(range(0, n, cfg.batch_size), start=1):
+            interrupts.check()
             batch = order[start : start + cfg.batch_size]
             x = to_float(train_split.images[batch], channels_last)
             y = train_split.labels[batch]

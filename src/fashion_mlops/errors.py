@@ -6,6 +6,7 @@ from fashion_mlops.datasets import DataError
 from fashion_mlops.download import DownloadError
 from fashion_mlops.idx import IdxFormatError
 from fashion_mlops.manifest import ManifestError
+from fashion_mlops.store import TrackingUnavailable
 from fashion_mlops.sweep import NoFinishedRuns
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -14,5 +15,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     IdxFormatError,
     ManifestError,
     NoFinishedRuns,
+    TrackingUnavailable,
     FileNotFoundError,
 )

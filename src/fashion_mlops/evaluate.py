@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn.functional as F
 from filelock import FileLock
 from matplotlib.figure import Figure
@@ -26,11 +30,36 @@ from fashion_mlops.store import connect, lock_path, tracking_uri
 
 REPORTS = Path("reports")
 REGISTRY_LOCK_TIMEOUT_S = 900
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Every torch.load inside the block is weights_only, even where a library asks otherwise.
+
+    torch.export.load retries a failed restricted load of the archive's sample inputs with a full
+    unpickle; forcing weights_only turns that retry into an error instead of code execution.
+    """
+    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = previous
+
+
+def load_logged_model(model_uri: str) -> torch.nn.Module:
+    """A logged model (pt2 format) loaded by MLflow's loader, with no arbitrary unpickling."""
+    with weights_only_loading():
+        return mlflow.pytorch.load_model(model_uri)
 
 
 def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tuple[dict[str, float], np.ndarray]:
     """(accuracy and loss, predicted labels) of a logged model on the test split."""
-    model = mlflow.pytorch.load_model(model_uri)
+    model = load_logged_model(model_uri)
     log_probs = predict_logits(model, test.images, batch_size, tta_flip=tta_flip)
     predictions = log_probs.argmax(1)
     metrics = {

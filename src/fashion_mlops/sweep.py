@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from fashion_mlops import tracking
+from fashion_mlops import interrupts, tracking
 from fashion_mlops.config import Params, RunSpec
 from fashion_mlops.datasets import Splits, load_split, train_val_split
 from fashion_mlops.engine import EpochResult, TrainingDiverged, pick_device, train
@@ -65,36 +64,40 @@ def load_training_data(params: Params) -> tuple[Manifest, Splits]:
 
 
 def run_sweep(params: Params, params_path: Path, reports: Path = REPORTS) -> list[CellOutcome]:
-    """Train every grid cell, log each to MLflow and TensorBoard, write the results table and the best run."""
-    manifest, splits = load_training_data(params)
-    outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
-    if params.tracking.enabled:
-        tracker = tracking.SweepTracker.start(params, params_path, manifest, _sweep_params(params, len(outcomes)))
-    else:
-        tracker = tracking.NullSweepTracker()
-    try:
-        with tqdm(total=sum(o.spec.train.epochs for o in outcomes), desc="sweep", unit="epoch") as bar:
-            pending = [o for o in outcomes if not _reuse_if_possible(o, tracker, bar)]
-            if params.sweep.workers > 1 and len(pending) > 1:
-                _run_in_workers(pending, params, manifest, tracker, bar)
-            else:
-                _set_threads(params.train.threads)
-                for outcome in pending:
-                    run_cell(outcome, splits, tracker, _bar_updater(bar))
-        wait_for_models(outcomes)
-        best = select_best(outcomes)
-        write_reports(outcomes, best, tracker.sweep_run_id, reports)
-        tracker.finish(
-            {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
-            {"best_run_id": str(best.run_id), "best_run_name": best.name},
-            reports,
-        )
-    except KeyboardInterrupt:
-        tracker.end(RunStatus.KILLED, "interrupted")
-        raise
-    except BaseException as error:
-        tracker.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
-        raise
+    """Train every grid cell, log each to MLflow and TensorBoard, write the results table and the best run.
+
+    Ctrl-C / SIGTERM are deferred to safe points (between training steps and cells): the current run and
+    the sweep end as KILLED, and a rerun reuses the cells that finished.
+    """
+    with interrupts.deferred():
+        manifest, splits = load_training_data(params)
+        outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
+        if params.tracking.enabled:
+            tracker = tracking.SweepTracker.start(params, params_path, manifest, _sweep_params(params, len(outcomes)))
+        else:
+            tracker = tracking.NullSweepTracker()
+        try:
+            with tqdm(total=sum(o.spec.train.epochs for o in outcomes), desc="sweep", unit="epoch") as bar:
+                pending = [o for o in outcomes if not _reuse_if_possible(o, tracker, bar)]
+                if params.sweep.workers > 1 and len(pending) > 1:
+                    _run_in_workers(pending, params, manifest, tracker, bar)
+                else:
+                    _set_threads(params.train.threads)
+                    for outcome in pending:
+                        run_cell(outcome, splits, tracker, _bar_updater(bar))
+            best = select_best(outcomes)
+            write_reports(outcomes, best, tracker.sweep_run_id, reports)
+            tracker.finish(
+                {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
+                {"best_run_id": str(best.run_id), "best_run_name": best.name},
+                reports,
+            )
+        except KeyboardInterrupt:
+            tracker.end(RunStatus.KILLED, "interrupted")
+            raise
+        except BaseException as error:
+            tracker.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+            raise
     print_summary(outcomes, best)
     return outcomes
 
@@ -102,7 +105,8 @@ def run_sweep(params: Params, params_path: Path, reports: Path = REPORTS) -> lis
 def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) -> CellOutcome:
     """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
     spec = outcome.spec
-    run = tracker.start_cell(spec, outcome.name)
+    interrupts.check()
+    run = tracker.start_cell(spec, outcome.name)  # ends its own run if interrupted while starting
     outcome.run_id, outcome.status = run.run_id, "RUNNING"
     started = time.perf_counter()
 
@@ -133,17 +137,6 @@ def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) 
         run.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
     return outcome
-
-
-def wait_for_models(outcomes: list[CellOutcome]) -> None:
-    """Replace each pending model upload by its URI; a cell whose model could not be logged is FAILED."""
-    for outcome in outcomes:
-        if isinstance(outcome.model_uri, Future):
-            try:
-                outcome.model_uri = outcome.model_uri.result()
-            except Exception as error:
-                outcome.model_uri, outcome.status = None, "FAILED"
-                outcome.failure = f"model logging failed: {type(error).__name__}: {error}"
 
 
 def _reuse_if_possible(outcome: CellOutcome, tracker: Any, bar: tqdm) -> bool:
@@ -177,7 +170,7 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(params: Params, info: tracking.SweepInfo | None, threads: int, events: Any) -> None:
     """Per worker process: its share of the CPU threads, the data loaded once, and the tracker attached."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupts.install_deferred()
     torch.set_num_threads(threads)
     manifest, splits = load_training_data(params)
     tracker = tracking.SweepTracker.attach(params, manifest, info) if info is not None else tracking.NullSweepTracker()
@@ -188,13 +181,7 @@ def _worker_run(outcome: CellOutcome) -> CellOutcome:
     def on_epoch(name: str, result: EpochResult) -> None:
         _WORKER["events"].put((name, result.val_accuracy))
 
-    run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
-    wait_for_models([outcome])  # a future cannot travel back to the main process
-    return outcome
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    return run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
 
 
 def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manifest, tracker: Any, bar: tqdm) -> None:
@@ -214,13 +201,16 @@ def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manife
         while futures:
             done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, bar)
+            interrupts.check()
             for future in done:
                 result = future.result()
                 by_index[result.index].__dict__.update(result.__dict__)
         _drain(events, bar)
     except BaseException:
+        for future in futures:
+            future.cancel()
         for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()  # SIGTERM: each worker ends its MLflow run as KILLED
+            process.terminate()  # SIGTERM: each worker ends its MLflow run as KILLED at its next step
         executor.shutdown(wait=True, cancel_futures=True)
         raise
     executor.shutdown(wait=True)

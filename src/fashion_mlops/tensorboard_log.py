@@ -30,7 +30,7 @@ class TensorBoardRun:
     def __init__(self, log_dir: Path, histogram_every: int) -> None:
         self.log_dir = log_dir
         self.histogram_every = histogram_every
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=5)
 
     def log_start(self, model: nn.Module, sample_images: torch.Tensor) -> None:
         """A grid of sample training images and the model graph (traced on CPU)."""

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -155,9 +154,8 @@ class SweepInfo:
 class CellRun:
     """One grid cell's MLflow child run and its TensorBoard directory.
 
-    Everything goes through the client API with this run's id, so nothing depends on MLflow's
-    thread-local "active run": the model is exported and logged on a background thread while the
-    next cell trains, and that thread ends the run once the model is stored.
+    Everything goes through the client API with this run's id; only model logging makes the run
+    MLflow's "active run", briefly, because `mlflow.pytorch.log_model` needs one.
     """
 
     def __init__(self, params: Params, spec: RunSpec, sweep: SweepInfo, name: str, fingerprint: str) -> None:
@@ -177,9 +175,12 @@ class CellRun:
             }
         )
         self.run_id: str | None = self.client.create_run(sweep.experiment_id, run_name=name, tags=tags).info.run_id
-        self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
+        try:
+            self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
+        except BaseException as error:
+            self.client.set_terminated(self.run_id, RunStatus.to_string(_status_for(error)))
+            raise
         self.started = time.perf_counter()
-        self.model_logged: Future[str] | None = None
 
     def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None:
         params = self.spec.flat_params() | {
@@ -201,8 +202,12 @@ class CellRun:
         self.log_metrics(values, step=values.pop("epoch"))
         self.tensorboard.log_epoch(result, model)
 
-    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> Future[str] | None:
-        """Final metrics and HParams now; the model is logged in the background (returns its future URI)."""
+    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
+        """Final metrics, HParams and the model; returns the logged model's URI (None if models are off).
+
+        Synchronous on purpose: torch.export switches oneDNN off process-wide while it traces, so exporting
+        on a thread while the next cell trains would change that cell's numbers.
+        """
         final = history[-1]
         summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
         self.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, step=final.epoch)
@@ -217,50 +222,39 @@ class CellRun:
         )
         if not self.params.tracking.log_models:
             return None
-        cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
-        example_array = (example[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
-        self.model_logged = _model_logging_thread().submit(_log_model_and_finish, self.run_id, cpu_model, example_array)
-        return self.model_logged
+        uri = log_model(self.run_id, model, example)
+        self.client.set_tag(self.run_id, TAG_MODEL_URI, uri)
+        return uri
 
     def end(self, status: int, reason: str | None = None) -> None:
-        """Flush TensorBoard and end the run (a FINISHED run with a model pending is ended by the model's thread)."""
-        self.tensorboard.close()
-        if reason:
-            self.client.set_tag(self.run_id, TAG_FAILURE, reason[:5000])
-        if self.model_logged is not None and status == RunStatus.FINISHED:
-            return
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        """Flush TensorBoard and end the run with `status` (and the reason as a tag)."""
+        try:
+            self.tensorboard.close()
+        finally:
+            if reason:
+                self.client.set_tag(self.run_id, TAG_FAILURE, reason[:5000])
+            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
 
 
-_model_logger: ThreadPoolExecutor | None = None
+def _status_for(error: BaseException) -> int:
+    return RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
 
 
-def _model_logging_thread() -> ThreadPoolExecutor:
-    """One background thread per process that exports and logs models in order."""
-    global _model_logger
-    if _model_logger is None:
-        _model_logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log-model")
-    return _model_logger
-
-
-def _log_model_and_finish(run_id: str, model: nn.Module, example: np.ndarray) -> str:
-    """Log the model into `run_id` (active on this thread only), then end the run FINISHED (FAILED on error)."""
+def log_model(run_id: str, model: nn.Module, example_images: torch.Tensor) -> str:
+    """Log a CPU copy of the model into `run_id` with MLflow (pt2 format), with signature and input example."""
+    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    example = (example_images[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
     mlflow.start_run(run_id=run_id)
     try:
-        uri = mlflow.pytorch.log_model(
-            model,
+        return mlflow.pytorch.log_model(
+            cpu_model,
             name=MODEL_NAME,
             input_example=example,
             serialization_format="pt2",
             pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
         ).model_uri
-        mlflow.set_tag(TAG_MODEL_URI, uri)
-    except BaseException as error:
-        mlflow.set_tag(TAG_FAILURE, f"model logging failed: {type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    return uri
+    finally:
+        mlflow.end_run()  # the model's run is momentarily FINISHED here; CellRun.end sets its final status
 
 
 class NullCellRun:
@@ -379,7 +373,16 @@ class SweepTracker:
         self.end(RunStatus.FINISHED)
 
     def end(self, status: int, reason: str | None = None) -> None:
+        """End the sweep run, and with it any of its cell runs still RUNNING (e.g. in a worker that was stopped)."""
         client = mlflow.MlflowClient()
+        leftovers = client.search_runs(
+            [self.info.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_SWEEP}` = '{self.sweep_run_id}'",
+        )
+        leftover_status = RunStatus.KILLED if status == RunStatus.KILLED else RunStatus.FAILED
+        for run in leftovers:
+            client.set_tag(run.info.run_id, TAG_FAILURE, f"still RUNNING when the sweep ended ({reason or 'finished'})")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(leftover_status))
         if reason:
             client.set_tag(self.sweep_run_id, TAG_FAILURE, reason[:5000])
         client.set_terminated(self.sweep_run_id, RunStatus.to_string(status))
