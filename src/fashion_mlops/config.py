@@ -71,6 +71,7 @@ class TrainConfig(_Strict):
     augment: Literal["none", "flip", "crop_flip"] = "none"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
-from torchvision.utils import make_grid
 
 from fashion_mlops.engine import EpochResult
 
@@ -34,12 +33,8 @@ class TensorBoardRun:
 
     def log_start(self, model: nn.Module, sample_images: torch.Tensor) -> None:
         """A grid of sample training images and the model graph (traced on CPU)."""
-        grid = make_grid(sample_images[:64].float() / 255.0, nrow=8, pad_value=1.0)
-        self.writer.add_image("samples/train", grid, global_step=0)
-        example = sample_images[:2].float().div(255.0).cpu()
-        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
-            warnings.simplefilter("ignore")
-            self.writer.add_graph(_cpu_copy(model).eval(), example, use_strict_trace=False)
+        self.writer.add_images("samples/train", sample_images[:64].float() / 255.0, global_step=0)
+        self.writer._get_file_writer().add_graph(_traced_graph(model, sample_images[:2]))
 
     def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
         values = result.as_dict()
@@ -67,7 +62,19 @@ class TensorBoardRun:
         self.writer.close()
 
 
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
+_GRAPHS: dict[str, Any] = {}
 
-    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
+
+def _traced_graph(model: nn.Module, images: torch.Tensor) -> Any:
+    """The model's TensorBoard graph, traced once per architecture and process (tracing costs ~0.3 s)."""
+    key = type(model).__qualname__ + repr(model)
+    if key not in _GRAPHS:
+        import copy
+
+        from torch.utils.tensorboard._pytorch_graph import graph
+
+        cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+        with warnings.catch_warnings():  # tracing uses torch.jit, which warns it is deprecated
+            warnings.simplefilter("ignore")
+            _GRAPHS[key] = graph(cpu_model, images.float().div(255.0).cpu(), use_strict_trace=False)
+    return _GRAPHS[key]
