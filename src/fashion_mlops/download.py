@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -147,16 +146,6 @@ def _mismatch(expected: ExpectedFile, sha256: str, size: int) -> str | None:
 
 def _verify_file(path: Path, expected: ExpectedFile) -> str | None:
     """None if the file on disk has the expected size and checksum, else what is wrong."""
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        shutil.copyfileobj(stream, _HashSink(digest))
-    return _mismatch(expected, digest.hexdigest(), path.stat().st_size)
-
-
-class _HashSink:
-    def __init__(self, digest) -> None:
-        self.digest = digest
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return len(data)
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    return _mismatch(expected, digest, path.stat().st_size)
