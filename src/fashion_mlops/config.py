@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fashion_mlops.models import ARCHITECTURES
+from fashion_mlops.models import check_arch
 
 DEFAULT_PARAMS = Path("params.yaml")
 GRID_KEYS_OUTSIDE_TRAIN = ("arch",)
@@ -193,13 +193,6 @@ def _identity(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return ("number", float(value))
     return (type(value).__name__, repr(value))
-
-
-def check_arch(arch: str) -> str:
-    """Return `arch` if it names a known architecture, else raise with the allowed names."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}")
-    return arch
 
 
 def _raise_as_config_error(where: str, value: Any, check) -> None:

@@ -70,10 +70,13 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def check_arch(arch: str) -> str:
+    """Return `arch` if it names a known architecture, else raise ValueError listing the allowed names."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}")
+    return arch
+
+
 def build_model(arch: str) -> nn.Module:
     """A freshly initialised network of the named architecture."""
-    try:
-        factory = ARCHITECTURES[arch]
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}") from None
-    return factory()
+    return ARCHITECTURES[check_arch(arch)]()
