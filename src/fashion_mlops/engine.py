@@ -98,7 +98,12 @@ def evaluate(
 ) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) on a split."""
     log_probs = predict_logits(model, split.images, batch_size, channels_last, tta_flip)
-    labels = split.labels.to(log_probs.device)
+    return loss_and_accuracy(log_probs, split.labels)
+
+
+def loss_and_accuracy(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of log-probabilities against labels."""
+    labels = labels.to(log_probs.device)
     loss = F.nll_loss(log_probs, labels).item()
     accuracy = (log_probs.argmax(1) == labels).float().mean().item()
     return loss, accuracy

@@ -14,7 +14,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from filelock import FileLock
 from matplotlib.figure import Figure
 from mlflow.entities import Metric
@@ -23,7 +22,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_
 from fashion_mlops import registry
 from fashion_mlops.config import Params
 from fashion_mlops.datasets import Split, load_split
-from fashion_mlops.engine import predict_logits
+from fashion_mlops.engine import loss_and_accuracy, predict_logits
 from fashion_mlops.files import write_atomic, write_json, write_text
 from fashion_mlops.manifest import load_manifest
 from fashion_mlops.store import connect, lock_path, tracking_uri
@@ -61,12 +60,8 @@ def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tup
     """(accuracy and loss, predicted labels) of a logged model on the test split."""
     model = load_logged_model(model_uri)
     log_probs = predict_logits(model, test.images, batch_size, tta_flip=tta_flip)
-    predictions = log_probs.argmax(1)
-    metrics = {
-        "test_accuracy": (predictions == test.labels).float().mean().item(),
-        "test_loss": F.nll_loss(log_probs, test.labels).item(),
-    }
-    return metrics, predictions.numpy()
+    loss, accuracy = loss_and_accuracy(log_probs, test.labels)
+    return {"test_accuracy": accuracy, "test_loss": loss}, log_probs.argmax(1).numpy()
 
 
 def per_class_report(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
