@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,6 @@ import pandas as pd
 import torch
 from filelock import FileLock
 from matplotlib.figure import Figure
-from mlflow.entities import Metric
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
 from fashion_mlops import registry
@@ -25,7 +23,7 @@ from fashion_mlops.datasets import Split, load_split
 from fashion_mlops.engine import loss_and_accuracy, predict_logits
 from fashion_mlops.files import write_atomic, write_json, write_text
 from fashion_mlops.manifest import load_manifest
-from fashion_mlops.store import connect, lock_path, tracking_uri
+from fashion_mlops.store import connect, lock_path, metric_batch, tracking_uri
 
 REPORTS = Path("reports")
 REGISTRY_LOCK_TIMEOUT_S = 900
@@ -143,7 +141,7 @@ def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
     )
     confusion_png(labels, predictions, manifest.classes, reports / "confusion_matrix.png")
     client = mlflow.MlflowClient()
-    client.log_batch(best["run_id"], metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+    client.log_batch(best["run_id"], metrics=metric_batch(metrics, step=0))
     for artifact in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png"):
         client.log_artifact(best["run_id"], str(reports / artifact), artifact_path="evaluation")
     return evaluation

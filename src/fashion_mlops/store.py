@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from fashion_mlops.config import Params
@@ -61,6 +63,12 @@ def connect(params: Params) -> str:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def metric_batch(values: dict[str, float], step: int) -> list[Metric]:
+    """MLflow metric entities for one `log_batch` call, timestamped now."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
 
 
 def sqlite_path(uri: str) -> Path:

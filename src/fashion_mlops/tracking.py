@@ -8,6 +8,7 @@ directory. `NullSweepTracker` / `NullCellRun` do nothing, for `tracking.enabled:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import socket
@@ -29,7 +30,7 @@ from fashion_mlops.config import Params, RunSpec
 from fashion_mlops.datasets import Split
 from fashion_mlops.engine import EpochResult
 from fashion_mlops.manifest import Manifest
-from fashion_mlops.store import connect
+from fashion_mlops.store import connect, metric_batch
 from fashion_mlops.tensorboard_log import TensorBoardRun
 
 TAG_FINGERPRINT = "fashion_mlops.fingerprint"
@@ -58,6 +59,7 @@ def git_commit() -> tuple[str | None, bool]:
     return commit.strip(), bool(dirty.strip())
 
 
+@functools.cache
 def code_version() -> str:
     """A digest of the package's own source, so a code change invalidates reused runs."""
     digest = hashlib.sha256()
@@ -150,6 +152,16 @@ class SweepInfo:
     experiment_id: str
     tags: dict[str, str]
 
+    def cell_tags(self, fingerprint: str, tensorboard_dir: str) -> dict[str, str]:
+        """The tags of one grid cell's child run of this sweep."""
+        return self.tags | {
+            TAG_KIND: "cell",
+            TAG_SWEEP: self.sweep_run_id,
+            TAG_FINGERPRINT: fingerprint,
+            TAG_TENSORBOARD: tensorboard_dir,
+            "mlflow.parentRunId": self.sweep_run_id,
+        }
+
 
 class CellRun:
     """One grid cell's MLflow child run and its TensorBoard directory.
@@ -163,17 +175,7 @@ class CellRun:
         self.spec = spec
         self.client = mlflow.MlflowClient()
         log_dir = Path(params.tracking.tensorboard_dir) / sweep.sweep_run_id[:8] / name
-        tags = (
-            sweep.tags
-            | process_tags()
-            | {
-                TAG_KIND: "cell",
-                TAG_SWEEP: sweep.sweep_run_id,
-                TAG_FINGERPRINT: fingerprint,
-                TAG_TENSORBOARD: str(log_dir),
-                "mlflow.parentRunId": sweep.sweep_run_id,
-            }
-        )
+        tags = sweep.cell_tags(fingerprint, str(log_dir)) | process_tags()
         self.run_id: str | None = self.client.create_run(sweep.experiment_id, run_name=name, tags=tags).info.run_id
         try:
             self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
@@ -194,8 +196,7 @@ class CellRun:
         self.tensorboard.log_start(model, train.images[:64])
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=metric_batch(values, step))
 
     def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
         values = result.as_dict()
@@ -340,15 +341,9 @@ class SweepTracker:
     def reuse(self, earlier: EarlierRun, spec: RunSpec, name: str) -> tuple[str, list[EpochResult], float]:
         """A FINISHED child run holding an earlier identical run's params, metrics and model link."""
         client = mlflow.MlflowClient()
-        tags = self.info.tags | {
-            TAG_KIND: "cell",
-            TAG_SWEEP: self.sweep_run_id,
-            TAG_FINGERPRINT: self.fingerprint(spec),
+        tags = self.info.cell_tags(self.fingerprint(spec), earlier.run.data.tags.get(TAG_TENSORBOARD, "")) | {
             TAG_REUSED_FROM: earlier.run_id,
             TAG_MODEL_URI: earlier.model_uri,
-            TAG_TENSORBOARD: earlier.run.data.tags.get(TAG_TENSORBOARD, ""),
-            "mlflow.parentRunId": self.sweep_run_id,
-            "mlflow.runName": name,
         }
         child = client.create_run(self.info.experiment_id, run_name=name, tags=tags)
         histories = {key: client.get_metric_history(earlier.run_id, key) for key in earlier.run.data.metrics}
@@ -369,7 +364,7 @@ class SweepTracker:
         client = mlflow.MlflowClient()
         client.log_batch(
             self.sweep_run_id,
-            metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()],
+            metrics=metric_batch(metrics, step=0),
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         client.log_artifacts(self.sweep_run_id, str(reports), artifact_path="reports")
