@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
+from fashion_mlops.architectures import ARCHITECTURE_NAMES
 from fashion_mlops.models import ARCHITECTURES, NUM_CLASSES, SimpleCNN, build_model
 
 
@@ -79,3 +83,14 @@ def test_unknown_architecture_raises_value_error_listing_allowed_names():
     message = str(error.value)
     for name in ARCHITECTURES:
         assert name in message
+
+
+def test_every_architecture_name_has_a_builder_and_every_builder_a_name():
+    assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)
+
+
+def test_params_validation_does_not_import_torch():
+    """config.py stays torch-free, so `fashion-mlops sweep` can start its tracker process before torch loads."""
+    code = "import sys, fashion_mlops.config, fashion_mlops.tracker_client; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

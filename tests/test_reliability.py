@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,6 +66,9 @@ TAG_FAILURE = "fashion_mlops.failure"
 TAG_REUSED_FROM = "fashion_mlops.reused_from"
 TAG_MODEL_URI = "fashion_mlops.model_uri"
 TAG_TENSORBOARD = "tensorboard.dir"
+TAG_PID = "fashion_mlops.pid"
+PROGRESS = re.compile(r"sweep:\s+\d+%\|[^|]*\| (\d+)/\d+ ")
+TRACKER_NOTICE_S = 30  # the tracker process checks every second whether its sweep process is alive
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".pt")
 
 
@@ -266,14 +270,18 @@ def any_cell(db: Path) -> bool:
     return bool(cell_states(db))
 
 
-def mid_training(db: Path) -> bool:
-    """A cell has logged an epoch but not its final metrics: a signal now lands inside `train`."""
-    return any(c.status == "RUNNING" and c.epochs and not c.trained for c in cell_states(db))
+def epochs_done(proc: Proc) -> int:
+    """Epochs the sweep's progress bar has counted so far (0 before it shows), read from its stderr file.
+
+    The training process's own progress, not the store's: the tracker process writes runs a little behind.
+    """
+    counts = PROGRESS.findall(proc.err.read_text(errors="replace")) if proc.err.exists() else []
+    return int(counts[-1]) if counts else 0
 
 
-def one_trained_and_one_mid_training(db: Path) -> bool:
-    cells = cell_states(db)
-    return any(c.trained for c in cells) and any(c.status == "RUNNING" and c.epochs and not c.trained for c in cells)
+def one_trained_and_one_mid_training(proc: Proc) -> bool:
+    """Serial sweep: the first cell is trained and the second has finished some, not all, of its epochs."""
+    return EPOCHS < epochs_done(proc) < 2 * EPOCHS
 
 
 def wait_until(
@@ -473,10 +481,10 @@ def interrupted(new_workdir) -> dict[str, Interrupted]:
     and a later one has logged an epoch (so the signal lands inside `train`), snapshot the store, then run the
     same sweep again to completion.
 
-    Models are exported on a background thread, so a cell's run turns FINISHED a few seconds after its training
-    ends, by when every cell of this tiny grid may be trained; waiting for a FINISHED run would let the signal
-    land where no cell is training. The process finishes exporting the trained cells' models before it exits,
-    so the rerun still has FINISHED cells to reuse."""
+    Runs are written by the tracker process, so a cell's run turns FINISHED a little after its training ends, by
+    when every cell of this tiny grid may be trained; waiting for a FINISHED run would let the signal land where
+    no cell is training. The tracker writes what the trained cells sent before it exits, so the rerun still has
+    FINISHED cells to reuse."""
     works = {name: new_workdir(f"interrupt-{name}") for name in INTERRUPTS}
     procs = {name: work.start("sweep") for name, work in works.items()}
     signalled: dict[str, float] = {}
@@ -488,7 +496,7 @@ def interrupted(new_workdir) -> dict[str, Interrupted]:
             if name not in signalled:
                 if ended:
                     pytest.fail(f"the {name} sweep ended before it was signalled:\n{proc.wait().describe()}")
-                if one_trained_and_one_mid_training(works[name].db):
+                if one_trained_and_one_mid_training(proc):
                     proc.popen.send_signal(INTERRUPTS[name])
                     signalled[name] = time.monotonic()
             elif name not in exited and ended:
@@ -572,8 +580,11 @@ def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uni
 def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker_alive(new_workdir) -> None:
     work = new_workdir("interrupt-workers", **{"sweep.workers": 2})
     proc = work.start("sweep")
-    wait_until(lambda: mid_training(work.db), [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
-    workers = psutil.Process(proc.pid).children(recursive=True)
+    # 4 cells of 3 epochs on 2 workers: with at most 3 epochs counted (the count trails the workers a little),
+    # both workers are still in their first cells
+    mid_sweep = lambda: 0 < epochs_done(proc) <= EPOCHS  # noqa: E731
+    wait_until(mid_sweep, [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
+    workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the tracker process
 
     proc.popen.send_signal(signal.SIGTERM)
     result = proc.wait(timeout=120)
@@ -606,18 +617,46 @@ def test_sigterm_just_after_a_cell_run_is_created_leaves_no_run_running(new_work
         f"RUNNING after SIGTERM: {running(runs)}; the cell had logged params: {[bool(c.data.params) for c in cells]}"
     )
     assert parent.info.status == "KILLED"
-    assert [c.info.status for c in cells] == ["KILLED"]
+    # the store trails training a little (the tracker process writes it), so the one epoch may have ended
+    # before the signal: then the cell is FINISHED with its final metrics, otherwise KILLED
+    (cell,) = cells
+    trained = "final_val_accuracy" in cell.data.metrics
+    assert cell.info.status == ("FINISHED" if trained else "KILLED"), (cell.info.status, cell.data.metrics)
 
 
 # --- 3. SIGKILL -----------------------------------------------------------------------------------------------
 
 
-def test_runs_left_running_by_sigkill_are_marked_killed_by_the_next_sweep(new_workdir) -> None:
-    work = new_workdir("sigkill", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
+def test_when_the_sweep_process_is_sigkilled_its_tracker_process_ends_the_runs_killed(new_workdir) -> None:
+    work = new_workdir("sigkill-main", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
     proc = work.start("sweep")
     wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S)
 
     proc.popen.send_signal(signal.SIGKILL)
+    assert proc.wait().returncode == -signal.SIGKILL
+    client = work.client()
+    wait_until(
+        lambda: not running(all_runs(client, work.experiment)), [], "the tracker ending the runs", TRACKER_NOTICE_S
+    )
+
+    runs = all_runs(client, work.experiment)
+    (parent,) = sweeps(runs)
+    for run in [parent, *children(runs, parent)]:
+        assert run.info.status == "KILLED", run.info.run_name
+        assert f"sweep process {proc.pid} died" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags
+    assert not tracker_processes_of(proc.pid), "the tracker process outlived its sweep"
+
+
+def test_runs_left_running_when_the_whole_process_group_is_sigkilled_are_marked_killed_by_the_next_sweep(
+    new_workdir,
+) -> None:
+    work = new_workdir("sigkill-group", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
+    proc = work.start("sweep")
+    wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S)
+
+    trackers = tracker_processes_of(proc.pid)
+    for pid in [proc.pid, *trackers]:
+        os.kill(pid, signal.SIGKILL)
     assert proc.wait().returncode == -signal.SIGKILL
     client = work.client()
     orphans = running(all_runs(client, work.experiment))
@@ -630,10 +669,25 @@ def test_runs_left_running_by_sigkill_are_marked_killed_by_the_next_sweep(new_wo
     old, new = sweeps(runs)
     for run in [old, *children(runs, old)]:
         assert run.info.status == "KILLED", run.info.run_name
-        assert f"process {proc.pid}" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags.get(TAG_FAILURE)
+        owner = run.data.tags[TAG_PID]
+        assert int(owner) in trackers, f"runs are owned by the tracker process {trackers}, not {owner}"
+        assert f"process {owner}" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags.get(TAG_FAILURE)
         assert "died" in run.data.tags[TAG_FAILURE]
     assert new.info.status == "FINISHED"
     assert [c.info.status for c in children(runs, new)] == ["FINISHED"]
+
+
+def tracker_processes_of(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes (the sweep's tracker process), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 # --- 4. determinism -------------------------------------------------------------------------------------------

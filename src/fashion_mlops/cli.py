@@ -34,9 +34,13 @@ def cmd_download(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(params: Params, args: argparse.Namespace) -> None:
+    from fashion_mlops.tracker_client import start_tracker
+
+    # the tracker process starts before torch is imported here, so MLflow's start-up overlaps torch's
+    tracker = start_tracker(params, Path(args.params))
     from fashion_mlops.sweep import run_sweep
 
-    run_sweep(params, Path(args.params), Path(args.reports))
+    run_sweep(params, Path(args.params), Path(args.reports), tracker)
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:

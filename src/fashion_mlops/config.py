@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fashion_mlops.models import check_arch
+from fashion_mlops.architectures import check_arch
 
 DEFAULT_PARAMS = Path("params.yaml")
 GRID_KEYS_OUTSIDE_TRAIN = ("arch",)

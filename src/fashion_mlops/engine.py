@@ -6,7 +6,6 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,26 +14,13 @@ from torch import nn
 from fashion_mlops import interrupts
 from fashion_mlops.config import TrainConfig
 from fashion_mlops.datasets import Split, Splits
+from fashion_mlops.results import EpochResult
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs that catch a NaN/inf loss early
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    epoch: int
-    loss: float
-    accuracy: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    epoch_duration_s: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 EpochCallback = Callable[[EpochResult, nn.Module], None]

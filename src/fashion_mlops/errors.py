@@ -6,8 +6,8 @@ from fashion_mlops.datasets import DataError
 from fashion_mlops.download import DownloadError
 from fashion_mlops.idx import IdxFormatError
 from fashion_mlops.manifest import ManifestError
-from fashion_mlops.store import TrackingUnavailable
 from fashion_mlops.sweep import NoFinishedRuns
+from fashion_mlops.tracking_errors import TrackingFailed, TrackingUnavailable
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
@@ -15,6 +15,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     IdxFormatError,
     ManifestError,
     NoFinishedRuns,
+    TrackingFailed,
     TrackingUnavailable,
     FileNotFoundError,
 )

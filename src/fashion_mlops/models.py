@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from fashion_mlops.architectures import check_arch
+
 NUM_CLASSES = 10
 
 
@@ -68,13 +70,6 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     # 3 blocks, two convs in the wider blocks (32 / 64,64 / 128,128): slower, more accurate
     "vgg_bn_medium": lambda: VggBN(blocks=((32,), (64, 64), (128, 128)), dropout=0.3),
 }
-
-
-def check_arch(arch: str) -> str:
-    """Return `arch` if it names a known architecture, else raise ValueError listing the allowed names."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}")
-    return arch
 
 
 def build_model(arch: str) -> nn.Module:

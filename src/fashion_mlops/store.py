@@ -14,13 +14,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from fashion_mlops.config import Params
+from fashion_mlops.tracking_errors import TrackingUnavailable
 
 REACHABILITY_TIMEOUT_S = 5.0
 SQLITE_BUSY_TIMEOUT_MS = 60_000
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer."""
 
 
 def tracking_uri(params: Params) -> str:

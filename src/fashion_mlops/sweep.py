@@ -16,19 +16,21 @@ from typing import Any
 
 import pandas as pd
 import torch
-from mlflow.entities import RunStatus
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from fashion_mlops import interrupts, tracking
+from fashion_mlops import interrupts
 from fashion_mlops.config import Params, RunSpec
 from fashion_mlops.datasets import Splits, load_split, train_val_split
-from fashion_mlops.engine import EpochResult, TrainingDiverged, pick_device, train
+from fashion_mlops.engine import TrainingDiverged, pick_device, train
 from fashion_mlops.files import write_json, write_text
 from fashion_mlops.grid import cell_name
-from fashion_mlops.manifest import Manifest, load_manifest
+from fashion_mlops.manifest import load_manifest
 from fashion_mlops.models import build_model
+from fashion_mlops.results import EpochResult
+from fashion_mlops.tracker_client import CellChannel, NullCellRun, NullTracker, Tracker, start_tracker
+from fashion_mlops.tracker_messages import ReusedCell
 
 REPORTS = Path("reports")
 
@@ -57,57 +59,62 @@ class CellOutcome:
         return self.history[-1] if self.history else None
 
 
-def load_training_data(params: Params) -> tuple[Manifest, Splits]:
+def load_training_data(params: Params) -> Splits:
     manifest = load_manifest(params.data.manifest)
     full_train = load_split(manifest, Path(params.data.dir), "train")
-    return manifest, train_val_split(full_train, params.data.val_size, params.train.seed, params.data.subset)
+    return train_val_split(full_train, params.data.val_size, params.train.seed, params.data.subset)
 
 
-def run_sweep(params: Params, params_path: Path, reports: Path = REPORTS) -> list[CellOutcome]:
+def run_sweep(
+    params: Params, params_path: Path, reports: Path = REPORTS, tracker: Tracker | NullTracker | None = None
+) -> list[CellOutcome]:
     """Train every grid cell, log each to MLflow and TensorBoard, write the results table and the best run.
 
+    `tracker` is the tracker process if the caller started it early (the CLI does, before importing torch).
     Ctrl-C / SIGTERM are deferred to safe points (between training steps and cells): the current run and
     the sweep end as KILLED, and a rerun reuses the cells that finished.
     """
     with interrupts.deferred():
-        manifest, splits = load_training_data(params)
-        outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
-        if params.tracking.enabled:
-            tracker = tracking.SweepTracker.start(params, params_path, manifest, _sweep_params(params, len(outcomes)))
-        else:
-            tracker = tracking.NullSweepTracker()
+        tracker = tracker or start_tracker(params, params_path)
         try:
+            splits = load_training_data(params)
+            outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
+            ready = tracker.begin()
             with tqdm(total=sum(o.spec.train.epochs for o in outcomes), desc="sweep", unit="epoch") as bar:
-                pending = [o for o in outcomes if not _reuse_if_possible(o, tracker, bar)]
+                for index, reused in ready.reused.items():
+                    _mark_reused(outcomes[index], reused, bar)
+                pending = [o for o in outcomes if o.status == "PENDING"]
                 if params.sweep.workers > 1 and len(pending) > 1:
-                    _run_in_workers(pending, params, manifest, tracker, bar)
+                    _run_in_workers(pending, params, tracker, bar)
                 else:
                     _set_threads(params.train.threads)
                     for outcome in pending:
-                        run_cell(outcome, splits, tracker, _bar_updater(bar))
+                        run_cell(outcome, splits, tracker.cell(outcome.index), _bar_updater(bar, tracker))
             best = select_best(outcomes)
-            write_reports(outcomes, best, tracker.sweep_run_id, reports)
+            for index, (run_id, model_uri) in tracker.cell_ids().items():
+                outcomes[index].run_id, outcomes[index].model_uri = run_id, model_uri
+            write_reports(outcomes, best, ready.sweep_run_id, reports)
             tracker.finish(
                 {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
                 {"best_run_id": str(best.run_id), "best_run_name": best.name},
                 reports,
             )
         except KeyboardInterrupt:
-            tracker.end(RunStatus.KILLED, "interrupted")
+            tracker.end("KILLED", "interrupted")
             raise
         except BaseException as error:
-            tracker.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+            tracker.end("FAILED", f"{type(error).__name__}: {error}")
             raise
     print_summary(outcomes, best)
     return outcomes
 
 
-def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) -> CellOutcome:
+def run_cell(outcome: CellOutcome, splits: Splits, run: Any, on_epoch: Any) -> CellOutcome:
     """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
     spec = outcome.spec
     interrupts.check()
-    run = tracker.start_cell(spec, outcome.name)  # ends its own run if interrupted while starting
-    outcome.run_id, outcome.status = run.run_id, "RUNNING"
+    outcome.status = "RUNNING"
+    run.log_start(splits.train)
     started = time.perf_counter()
 
     def on_epoch_end(result: EpochResult, model: torch.nn.Module) -> None:
@@ -118,42 +125,38 @@ def run_cell(outcome: CellOutcome, splits: Splits, tracker: Any, on_epoch: Any) 
     try:
         torch.manual_seed(spec.train.seed)
         model = build_model(spec.arch)
-        run.log_start(model, splits.train, tracker.dataset(splits.train))
         train(model, splits, spec.train, pick_device(spec.train.device), on_epoch_end)
         outcome.duration_s = time.perf_counter() - started
-        outcome.model_uri = run.log_finish(model, outcome.history, splits.val.images)
+        run.log_finish(model, outcome.history, outcome.duration_s, splits.val)
         outcome.status = "FINISHED"
-        run.end(RunStatus.FINISHED)
+        run.end("FINISHED")
     except TrainingDiverged as error:
         outcome.status, outcome.failure = "FAILED", f"diverged: {error}"
         outcome.duration_s = time.perf_counter() - started
-        run.end(RunStatus.FAILED, outcome.failure)
+        run.end("FAILED", outcome.failure)
     except KeyboardInterrupt:
         outcome.status = "KILLED"
-        run.end(RunStatus.KILLED, "interrupted")
+        run.end("KILLED", "interrupted")
         raise
     except BaseException as error:
         outcome.status = "FAILED"
-        run.end(RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        run.end("FAILED", f"{type(error).__name__}: {error}")
         raise
     return outcome
 
 
-def _reuse_if_possible(outcome: CellOutcome, tracker: Any, bar: tqdm) -> bool:
-    """Reuse an earlier FINISHED run with the same fingerprint (params, data, code) instead of training."""
-    earlier = tracker.find_reusable(outcome.spec)
-    if earlier is None:
-        return False
-    outcome.run_id, outcome.history, outcome.duration_s = tracker.reuse(earlier, outcome.spec, outcome.name)
-    outcome.model_uri, outcome.reused_from, outcome.status = earlier.model_uri, earlier.run_id, "FINISHED"
+def _mark_reused(outcome: CellOutcome, reused: ReusedCell, bar: tqdm) -> None:
+    """An earlier FINISHED run with the same fingerprint (params, data, code) stands in for training this cell."""
+    outcome.run_id, outcome.history, outcome.duration_s = reused.run_id, reused.history, reused.duration_s
+    outcome.model_uri, outcome.reused_from, outcome.status = reused.model_uri, reused.reused_from, "FINISHED"
     bar.update(outcome.spec.train.epochs)
-    return True
 
 
-def _bar_updater(bar: tqdm):
+def _bar_updater(bar: tqdm, tracker: Tracker | NullTracker):
     def on_epoch(name: str, result: EpochResult) -> None:
         bar.set_postfix_str(f"{name[:40]} val_acc={result.val_accuracy:.4f}")
         bar.update(1)
+        tracker.check()
 
     return on_epoch
 
@@ -168,23 +171,23 @@ def _set_threads(threads: int | None) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(params: Params, info: tracking.SweepInfo | None, threads: int, events: Any) -> None:
-    """Per worker process: its share of the CPU threads, the data loaded once, and the tracker attached."""
+def _init_worker(params: Params, channel: CellChannel | None, threads: int, events: Any) -> None:
+    """Per worker process: its share of the CPU threads, the data loaded once, and the tracker's queue."""
     interrupts.install_deferred()
     torch.set_num_threads(threads)
-    manifest, splits = load_training_data(params)
-    tracker = tracking.SweepTracker.attach(params, manifest, info) if info is not None else tracking.NullSweepTracker()
-    _WORKER.update(splits=splits, tracker=tracker, events=events)
+    _WORKER.update(splits=load_training_data(params), channel=channel, events=events)
 
 
 def _worker_run(outcome: CellOutcome) -> CellOutcome:
     def on_epoch(name: str, result: EpochResult) -> None:
         _WORKER["events"].put((name, result.val_accuracy))
 
-    return run_cell(outcome, _WORKER["splits"], _WORKER["tracker"], on_epoch)
+    channel = _WORKER["channel"]
+    run = channel.cell(outcome.index) if channel is not None else NullCellRun()
+    return run_cell(outcome, _WORKER["splits"], run, on_epoch)
 
 
-def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manifest, tracker: Any, bar: tqdm) -> None:
+def _run_in_workers(pending: list[CellOutcome], params: Params, tracker: Tracker | NullTracker, bar: tqdm) -> None:
     """Run cells in `sweep.workers` spawned processes; results land back in `pending`, in grid order."""
     workers = min(params.sweep.workers, len(pending))
     # train.threads, when set, is the per-run thread count in serial and parallel sweeps alike: results only
@@ -194,7 +197,7 @@ def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manife
     events = context.Queue()
     by_index = {o.index: o for o in pending}
     executor = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(params, tracker.info, threads, events)
+        workers, mp_context=context, initializer=_init_worker, initargs=(params, tracker.channel, threads, events)
     )
     try:
         futures = {executor.submit(_worker_run, outcome) for outcome in pending}
@@ -202,6 +205,7 @@ def _run_in_workers(pending: list[CellOutcome], params: Params, manifest: Manife
             done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, bar)
             interrupts.check()
+            tracker.check()
             for future in done:
                 result = future.result()
                 by_index[result.index].__dict__.update(result.__dict__)
@@ -311,19 +315,6 @@ def print_summary(outcomes: list[CellOutcome], best: CellOutcome) -> None:
     console = Console(width=160)
     console.print(table)
     console.print(f"best: {best.name} (val_accuracy {best.final.val_accuracy:.4f}), run id {best.run_id}")
-
-
-def _sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
-    fixed = {k: v for k, v in params.train.model_dump().items() if k not in params.sweep.grid}
-    return {
-        **fixed,
-        "arch": params.model.arch,
-        "grid": str(params.sweep.grid),
-        "runs": n_runs,
-        "workers": params.sweep.workers,
-        "val_size": params.data.val_size,
-        "subset": params.data.subset,
-    }
 
 
 def _count(outcomes: list[CellOutcome]) -> int:

@@ -6,12 +6,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from fashion_mlops.engine import EpochResult
+from fashion_mlops.results import EpochResult
 
 SCALARS = {
     "loss/train": "loss",
@@ -26,9 +27,8 @@ SCALARS = {
 class TensorBoardRun:
     """One run's event directory; every write goes to that directory only."""
 
-    def __init__(self, log_dir: Path, histogram_every: int) -> None:
+    def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.histogram_every = histogram_every
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=5)
 
     def log_start(self, model: nn.Module, sample_images: torch.Tensor) -> None:
@@ -36,15 +36,13 @@ class TensorBoardRun:
         self.writer.add_images("samples/train", sample_images[:64].float() / 255.0, global_step=0)
         self.writer._get_file_writer().add_graph(_traced_graph(model, sample_images[:2]))
 
-    def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
+    def log_epoch(self, result: EpochResult, histograms: dict[str, np.ndarray] | None) -> None:
+        """Scalars, and the histograms (tag -> values, see `tracker_client.histogram_snapshot`) if any."""
         values = result.as_dict()
         for tag, key in SCALARS.items():
             self.writer.add_scalar(tag, values[key], result.epoch)
-        if self.histogram_every and result.epoch % self.histogram_every == 0:
-            for name, parameter in model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", parameter.detach().float().cpu(), result.epoch)
-                if parameter.grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", parameter.grad.float().cpu(), result.epoch)
+        for tag, array in (histograms or {}).items():
+            self.writer.add_histogram(tag, array, result.epoch)
 
     def log_hparams(self, swept: dict[str, Any], final: dict[str, float]) -> None:
         """Fill the HParams tab: swept values with final metrics, in this run's own directory."""

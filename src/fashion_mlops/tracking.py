@@ -1,13 +1,11 @@
-"""The run logger: MLflow and TensorBoard behind one small interface, for a sweep and its runs.
+"""The sweep's MLflow side without torch: the parent run, tags, fingerprints, reuse of earlier runs, orphans.
 
-`SweepTracker` owns the MLflow parent run (through the client API, so child runs can be started in
-this process or in worker processes); `CellRun` is one grid cell's child run plus its TensorBoard
-directory. `NullSweepTracker` / `NullCellRun` do nothing, for `tracking.enabled: false`.
+It runs in the tracker process (see tracker_service.py), where `cell_run.CellRun` logs each grid cell's
+child run; nothing here imports torch, so the tracker can answer the training process before torch loads.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import os
@@ -21,17 +19,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-from torch import nn
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 
 from fashion_mlops.config import Params, RunSpec
-from fashion_mlops.datasets import Split
-from fashion_mlops.engine import EpochResult
 from fashion_mlops.manifest import Manifest
+from fashion_mlops.results import EPOCH_KEYS, EpochResult
 from fashion_mlops.store import connect, metric_batch
-from fashion_mlops.tensorboard_log import TensorBoardRun
+from fashion_mlops.tracker_messages import DatasetShape
 
 TAG_FINGERPRINT = "fashion_mlops.fingerprint"
 TAG_SWEEP = "fashion_mlops.sweep_run_id"
@@ -42,9 +36,6 @@ TAG_MODEL_URI = "fashion_mlops.model_uri"
 TAG_REUSED_FROM = "fashion_mlops.reused_from"
 TAG_HOST = "fashion_mlops.host"
 TAG_PID = "fashion_mlops.pid"
-MODEL_NAME = "model"
-EXAMPLE_BATCH = 4  # torch.export specialises a batch of one; four keeps the batch dimension dynamic
-EPOCH_KEYS = tuple(k for k in EpochResult.__dataclass_fields__ if k != "epoch")
 
 
 def git_commit() -> tuple[str | None, bool]:
@@ -77,7 +68,7 @@ def run_fingerprint(spec: RunSpec, params: Params, data_digest: str) -> str:
             params.data.subset,
             data_digest,
             code_version(),
-            torch.__version__,
+            version("torch"),
         )
     )
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
@@ -146,7 +137,7 @@ class EarlierRun:
 
 @dataclass(frozen=True)
 class SweepInfo:
-    """What a worker process needs to attach child runs to the sweep's parent run."""
+    """The sweep's parent run, its experiment and the tags every child run carries."""
 
     sweep_run_id: str
     experiment_id: str
@@ -161,118 +152,6 @@ class SweepInfo:
             TAG_TENSORBOARD: tensorboard_dir,
             "mlflow.parentRunId": self.sweep_run_id,
         }
-
-
-class CellRun:
-    """One grid cell's MLflow child run and its TensorBoard directory.
-
-    Everything goes through the client API with this run's id; only model logging makes the run
-    MLflow's "active run", briefly, because `mlflow.pytorch.log_model` needs one.
-    """
-
-    def __init__(self, params: Params, spec: RunSpec, sweep: SweepInfo, name: str, fingerprint: str) -> None:
-        self.params = params
-        self.spec = spec
-        self.client = mlflow.MlflowClient()
-        log_dir = Path(params.tracking.tensorboard_dir) / sweep.sweep_run_id[:8] / name
-        tags = sweep.cell_tags(fingerprint, str(log_dir)) | process_tags()
-        self.run_id: str | None = self.client.create_run(sweep.experiment_id, run_name=name, tags=tags).info.run_id
-        try:
-            self.tensorboard = TensorBoardRun(log_dir, params.tracking.histogram_every)
-        except BaseException as error:
-            self.client.set_terminated(self.run_id, RunStatus.to_string(_status_for(error)))
-            raise
-        self.started = time.perf_counter()
-
-    def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None:
-        params = self.spec.flat_params() | {
-            "val_size": self.params.data.val_size,
-            "subset": self.params.data.subset,
-            "train_images": len(train),
-        }
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[context])])
-        self.tensorboard.log_start(model, train.images[:64])
-
-    def log_metrics(self, values: dict[str, float], step: int) -> None:
-        self.client.log_batch(self.run_id, metrics=metric_batch(values, step))
-
-    def log_epoch(self, result: EpochResult, model: nn.Module) -> None:
-        values = result.as_dict()
-        self.log_metrics(values, step=values.pop("epoch"))
-        self.tensorboard.log_epoch(result, model)
-
-    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> str | None:
-        """Final metrics, HParams and the model; returns the logged model's URI (None if models are off).
-
-        Synchronous on purpose: torch.export switches oneDNN off process-wide while it traces, so exporting
-        on a thread while the next cell trains would change that cell's numbers.
-        """
-        final = history[-1]
-        summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
-        self.log_metrics(summary | {"run_duration_s": time.perf_counter() - self.started}, step=final.epoch)
-        self.tensorboard.log_hparams(
-            self.spec.swept or {"arch": self.spec.arch},
-            {
-                "accuracy": final.accuracy,
-                "loss": final.loss,
-                "val_accuracy": final.val_accuracy,
-                "val_loss": final.val_loss,
-            },
-        )
-        if not self.params.tracking.log_models:
-            return None
-        uri = log_model(self.run_id, model, example)
-        self.client.set_tag(self.run_id, TAG_MODEL_URI, uri)
-        return uri
-
-    def end(self, status: int, reason: str | None = None) -> None:
-        """Flush TensorBoard and end the run with `status` (and the reason as a tag)."""
-        try:
-            self.tensorboard.close()
-        finally:
-            if reason:
-                self.client.set_tag(self.run_id, TAG_FAILURE, reason[:5000])
-            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
-
-
-def _status_for(error: BaseException) -> int:
-    return RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
-
-
-def log_model(run_id: str, model: nn.Module, example_images: torch.Tensor) -> str:
-    """Log a CPU copy of the model into `run_id` with MLflow (pt2 format), with signature and input example."""
-    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
-    example = (example_images[:EXAMPLE_BATCH].float() / 255.0).cpu().numpy().astype(np.float32)
-    mlflow.start_run(run_id=run_id)
-    try:
-        return mlflow.pytorch.log_model(
-            cpu_model,
-            name=MODEL_NAME,
-            input_example=example,
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
-            # MLflow would reload the saved model to replay the example as a serving request (~0.2 s a run);
-            # the signature is already inferred from the example, and the tests load and serve the champion
-            validate_serving_input=False,
-        ).model_uri
-    finally:
-        mlflow.end_run()  # the model's run is momentarily FINISHED here; CellRun.end sets its final status
-
-
-class NullCellRun:
-    """A cell run that logs nothing (tracking.enabled: false)."""
-
-    run_id = None
-
-    def log_start(self, model: nn.Module, train: Split, dataset: Any) -> None: ...
-
-    def log_epoch(self, result: EpochResult, model: nn.Module) -> None: ...
-
-    def log_finish(self, model: nn.Module, history: list[EpochResult], example: torch.Tensor) -> None: ...
-
-    def end(self, status: int, reason: str | None = None) -> None: ...
 
 
 class SweepTracker:
@@ -298,12 +177,6 @@ class SweepTracker:
         client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()])
         return cls(params, manifest, SweepInfo(parent.info.run_id, experiment_id, tags))
 
-    @classmethod
-    def attach(cls, params: Params, manifest: Manifest, info: SweepInfo) -> SweepTracker:
-        """The same tracker in a worker process."""
-        connect(params)
-        return cls(params, manifest, info)
-
     @property
     def sweep_run_id(self) -> str:
         return self.info.sweep_run_id
@@ -311,20 +184,21 @@ class SweepTracker:
     def fingerprint(self, spec: RunSpec) -> str:
         return run_fingerprint(spec, self.params, self.manifest.digest())
 
-    def dataset(self, train: Split) -> Any:
-        """The training data as an MLflow dataset input, with the manifest's content digest."""
+    def dataset(self, shape: DatasetShape) -> Any:
+        """The training data as an MLflow dataset input: its shapes and dtypes, and the manifest's content digest.
+
+        MLflow's schema and profile of a NumPy dataset read only shapes and dtypes, so zero-stride arrays of the
+        training split's shapes describe it exactly without shipping 43 MB of pixels to this process.
+        """
         if self._dataset is None:
             self._dataset = mlflow.data.from_numpy(
-                features=train.images.numpy(),
-                targets=train.labels.numpy(),
+                features=np.broadcast_to(np.zeros((), dtype=shape.images_dtype), shape.images_shape),
+                targets=np.broadcast_to(np.zeros((), dtype=shape.labels_dtype), shape.labels_shape),
                 source=str(Path(self.params.data.dir).resolve()),
                 name=self.manifest.name,
                 digest=self.manifest.digest(),
             )
         return self._dataset
-
-    def start_cell(self, spec: RunSpec, name: str) -> CellRun:
-        return CellRun(self.params, spec, self.info, name, self.fingerprint(spec))
 
     def find_reusable(self, spec: RunSpec) -> EarlierRun | None:
         """The newest FINISHED run with the same fingerprint and a logged model, if resuming is on."""
@@ -384,21 +258,3 @@ class SweepTracker:
         if reason:
             client.set_tag(self.sweep_run_id, TAG_FAILURE, reason[:5000])
         client.set_terminated(self.sweep_run_id, RunStatus.to_string(status))
-
-
-class NullSweepTracker:
-    """A sweep tracker that logs nothing (tracking.enabled: false)."""
-
-    sweep_run_id = "untracked"
-    info = None
-
-    def dataset(self, train: Split) -> None: ...
-
-    def start_cell(self, spec: RunSpec, name: str) -> NullCellRun:
-        return NullCellRun()
-
-    def find_reusable(self, spec: RunSpec) -> None: ...
-
-    def finish(self, metrics: dict[str, float], tags: dict[str, str], reports: Path) -> None: ...
-
-    def end(self, status: int, reason: str | None = None) -> None: ...

@@ -1,0 +1,199 @@
+"""The tracker process: the one writer of a sweep's MLflow runs, TensorBoard events and logged models.
+
+Started by `tracker_client.start_tracker` (spawn). It connects to the store at once (MLflow's import and a new
+store's migrations overlap the training process's start-up), waits for `Begin`, creates the parent run, answers
+`Ready` with the reusable cells, and then writes every message in the order it was sent. It ignores Ctrl-C (the
+terminal sends it to the whole process group; the training process decides what it means) and ends every open
+run KILLED if the training process dies or this process gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fashion_mlops.manifest import load_manifest
+from fashion_mlops.store import connect
+from fashion_mlops.tracker_messages import (
+    Begin,
+    CellEnded,
+    CellIds,
+    CellStarted,
+    CellTrained,
+    Done,
+    EpochEnded,
+    Failed,
+    IdsRequested,
+    Ready,
+    ReusedCell,
+    Setup,
+    SweepEnded,
+    SweepFinished,
+)
+from fashion_mlops.tracking import SweepTracker, reap_orphaned_runs
+from fashion_mlops.tracking_errors import TrackingUnavailable
+
+PARENT_CHECK_S = 1.0
+
+
+class _Stopped(BaseException):  # not an Exception: the write handlers catch those
+    """SIGTERM reached the tracker process (from outside, or from its watchdog when the sweep process died)."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(f"signal {signum}")
+
+
+def _watch_sweep_process(died: threading.Event) -> None:
+    """Wait for the sweep process to end; if it ends before the sweep does, stop the tracker's main thread.
+
+    A signal rather than a flag: a sweep process killed half-way through putting a large message (a model's
+    weights) leaves the main thread blocked reading the rest of it, and only a signal interrupts that read.
+    """
+    parent = mp.parent_process()
+    while parent is not None and parent.is_alive():
+        time.sleep(PARENT_CHECK_S)
+    died.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve(setup: Setup, commands: Any, replies: Any) -> None:
+    """Connect, then serve messages until the sweep ends (or the training process is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        experiment_id = connect(setup.params)
+        reap_orphaned_runs(experiment_id)
+    except TrackingUnavailable as error:
+        replies.put(Failed(str(error), unavailable=True))
+        return
+    except Exception as error:  # reported to the training process as one line
+        replies.put(Failed(f"{type(error).__name__}: {error}"))
+        return
+    service = _Service(setup, replies)
+    died = threading.Event()
+    threading.Thread(target=_watch_sweep_process, args=(died,), daemon=True, name="sweep-watchdog").start()
+    try:
+        service.loop(commands)
+    except _Stopped as stop:
+        if died.is_set():
+            service.abandon(f"the sweep process {setup.sweep_pid} died while the run was RUNNING")
+        else:
+            service.abandon(f"the tracker process got {stop}")
+
+
+def _warm_up_cell_logging() -> None:
+    """Import what the cell runs need (torch, TensorBoard, torch.export: ~4 s) while the first cell trains."""
+    import torch.export  # noqa: F401
+
+    import fashion_mlops.cell_run  # noqa: F401
+
+
+class _Service:
+    def __init__(self, setup: Setup, replies: Any) -> None:
+        self.setup = setup
+        self.replies = replies
+        self.sweep: SweepTracker | None = None
+        self.cells: dict[int, Any] = {}
+        self.ended: set[int] = set()
+        self.failure: str | None = None
+
+    def loop(self, commands: Any) -> None:
+        while not self.handle(commands.get()):
+            pass
+
+    def handle(self, message: Any) -> bool:
+        """Write one message; True when the sweep has ended. After a failure only endings are attempted."""
+        if isinstance(message, SweepEnded):
+            self._end(message.status, message.reason)
+            return True
+        if isinstance(message, CellEnded):
+            self._best_effort(self._end_cell, message.index, message.status, message.reason)
+            return False
+        if self.failure is not None:
+            return False
+        try:
+            return self._write(message)
+        except Exception as error:  # reported once; the training process stops the sweep
+            self.failure = f"{type(error).__name__}: {error}"
+            self.replies.put(Failed(self.failure))
+            return False
+
+    def _write(self, message: Any) -> bool:
+        if isinstance(message, Begin):
+            self._begin()
+        elif isinstance(message, CellStarted):
+            self._start_cell(message)
+        elif isinstance(message, EpochEnded):
+            self.cells[message.index].log_epoch(message.result, message.histograms)
+        elif isinstance(message, CellTrained):
+            run = self.cells[message.index]
+            run.log_finish(message.history, message.duration_s)
+            if message.weights is not None:
+                run.log_weights(message.weights, message.example_images)
+        elif isinstance(message, IdsRequested):
+            self.replies.put(CellIds({i: (run.run_id, run.model_uri) for i, run in self.cells.items()}))
+        elif isinstance(message, SweepFinished):
+            self.sweep.finish(message.metrics, message.tags, Path(message.reports))
+            self.replies.put(Done())
+            return True
+        return False
+
+    def _begin(self) -> None:
+        setup = self.setup
+        manifest = load_manifest(setup.params.data.manifest)
+        self.sweep = SweepTracker.start(setup.params, Path(setup.params_path), manifest, setup.sweep_params)
+        reused = {}
+        for index, (name, spec) in enumerate(setup.cells):
+            earlier = self.sweep.find_reusable(spec)
+            if earlier is not None:
+                run_id, history, duration_s = self.sweep.reuse(earlier, spec, name)
+                reused[index] = ReusedCell(run_id, history, duration_s, earlier.model_uri, earlier.run_id)
+        self.replies.put(Ready(self.sweep.sweep_run_id, reused))
+        _warm_up_cell_logging()
+
+    def _start_cell(self, message: CellStarted) -> None:
+        from fashion_mlops.cell_run import CellRun
+
+        name, spec = self.setup.cells[message.index]
+        sweep = self.sweep
+        run = CellRun(self.setup.params, spec, sweep.info, name, sweep.fingerprint(spec))
+        self.cells[message.index] = run
+        run.log_start(message.sample_images, message.train_images, sweep.dataset(message.dataset))
+
+    def _end_cell(self, index: int, status: str, reason: str | None) -> None:
+        if index in self.cells and index not in self.ended:
+            self.ended.add(index)
+            self.cells[index].end(status, reason)
+
+    def _end(self, status: str, reason: str | None) -> None:
+        """End open cells and the sweep with `status` (any cell still open ends KILLED or FAILED)."""
+        leftover = "KILLED" if status == "KILLED" else "FAILED"
+        for index in list(self.cells):
+            self._best_effort(self._end_cell, index, leftover, f"still RUNNING when the sweep ended ({reason})")
+        if self.sweep is not None:
+            self._best_effort(self.sweep.end, _status_code(status), reason)
+        self.replies.put(Done())
+
+    def abandon(self, reason: str) -> None:
+        """The training process is gone (or this process was stopped): end everything KILLED."""
+        self._end("KILLED", reason)
+
+    def _best_effort(self, write: Any, *args: Any) -> None:
+        try:
+            write(*args)
+        except Exception as error:  # ending runs must go on past one failed write
+            if self.failure is None:
+                self.failure = f"{type(error).__name__}: {error}"
+                self.replies.put(Failed(self.failure))
+
+
+def _status_code(status: str) -> int:
+    from mlflow.entities import RunStatus
+
+    return RunStatus.from_string(status)
