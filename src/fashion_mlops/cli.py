@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, interrupts.raise_now)
     logging.basicConfig(level=os.environ.get("FASHION_MLOPS_LOG", "WARNING"))
+    # MLflow's usage telemetry tries to reach the internet when each process starts and exits (~1.6 s a process
+    # where there is none); off unless the user says otherwise, inherited by the tracker process
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.command == "make-sample":
         cmd_make_sample(None, args)  # needs no params
         return 0
@@ -101,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    from fashion_mlops.errors import USER_ERRORS
-
     try:
         COMMANDS[args.command](params, args)
     except KeyboardInterrupt:
         print("interrupted: the current run was ended as KILLED; run again to resume", file=sys.stderr)
         return INTERRUPTED
-    except USER_ERRORS as error:
+    except Exception as error:
+        from fashion_mlops.errors import USER_ERRORS  # imported late: it pulls in torch, the sweep needs it later
+
+        if not isinstance(error, USER_ERRORS):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return RUN_ERROR
     return 0
