@@ -578,11 +578,12 @@ def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uni
 
 
 def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker_alive(new_workdir) -> None:
-    work = new_workdir("interrupt-workers", **{"sweep.workers": 2})
+    epochs = 6
+    work = new_workdir("interrupt-workers", **{"sweep.workers": 2, "train.epochs": epochs})
     proc = work.start("sweep")
-    # 4 cells of 3 epochs on 2 workers: with at most 3 epochs counted (the count trails the workers a little),
-    # both workers are still in their first cells
-    mid_sweep = lambda: 0 < epochs_done(proc) <= EPOCHS  # noqa: E731
+    # 4 cells of 6 epochs on 2 workers: with at most 6 epochs counted (the count trails the workers by a
+    # fraction of a second), both workers are still in their first cells
+    mid_sweep = lambda: 0 < epochs_done(proc) <= epochs  # noqa: E731
     wait_until(mid_sweep, [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
     workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the tracker process
 
@@ -1039,3 +1040,27 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_noth
     errors = result.error_lines()
     assert len(errors) == 1 and "unreachable" in errors[0], result.stderr
     assert f"127.0.0.1:{closed}" in errors[0]
+
+
+def test_a_tracking_write_that_fails_mid_sweep_stops_it_with_one_line_and_no_run_left_running(new_workdir) -> None:
+    """The model's artifact directory cannot be created (a file stands in the way): the tracker process fails
+    on the first model, the training process stops at its next check, nothing is left RUNNING, no reports."""
+    work = new_workdir("tracking-fails", **{"sweep.grid": {"lr": [0.01, 0.001]}, "train.epochs": 2})
+    blocker = work.root / "not-a-directory"
+    blocker.write_text("a file where the artifact directory should go")
+    work.params["tracking"]["artifact_location"] = str(blocker / "mlruns")
+    write_params(work.params_path, work.params)
+
+    result = work.run("sweep", expect=None)
+
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = result.error_lines()
+    assert len(errors) == 1 and "tracker process failed" in errors[0], result.stderr
+    assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
+    runs = all_runs(work.client(), work.experiment)
+    assert not running(runs), f"RUNNING after a tracking failure: {running(runs)}"
+    (parent,) = sweeps(runs)
+    assert parent.info.status == "FAILED"
+    first, *_ = sorted(children(runs, parent), key=lambda run: run.info.run_name)
+    assert first.info.status == "FAILED" and "tracking failed" in first.data.tags[TAG_FAILURE], first.data.tags

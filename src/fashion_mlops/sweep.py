@@ -80,7 +80,10 @@ def run_sweep(
             splits = load_training_data(params)
             outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
             ready = tracker.begin()
-            with tqdm(total=sum(o.spec.train.epochs for o in outcomes), desc="sweep", unit="epoch") as bar:
+            # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
+            # the bar sees each count
+            epochs = sum(o.spec.train.epochs for o in outcomes)
+            with tqdm(total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1) as bar:
                 for index, reused in ready.reused.items():
                     _mark_reused(outcomes[index], reused, bar)
                 pending = [o for o in outcomes if o.status == "PENDING"]

@@ -106,7 +106,7 @@ def _warm_up_cell_logging() -> None:
     that training needs (measured: +29 s of CPU over the tutorial grid with the default thread count).
     """
     import torch
-    import torch.export  # noqa: F401
+    import torch.export
 
     import fashion_mlops.cell_run  # noqa: F401
 
@@ -141,6 +141,9 @@ class _Service:
         except Exception as error:  # reported once; the training process stops the sweep
             self.failure = f"{type(error).__name__}: {error}"
             self.replies.put(Failed(self.failure))
+            index = getattr(message, "index", None)
+            if index is not None:  # that cell's run ends FAILED now, whatever the training side says later
+                self._best_effort(self._end_cell, index, "FAILED", f"tracking failed: {self.failure}")
             return False
 
     def _write(self, message: Any) -> bool:
