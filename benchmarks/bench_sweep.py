@@ -75,7 +75,7 @@ def _tree_pids(pid: int) -> list[int]:
         return []
 
 
-def _proc_memory_kb(pid: int, field: str, path: str) -> int:
+def proc_memory_kb(pid: int, field: str, path: str) -> int:
     """One `Field:   N kB` line of /proc/<pid>/<path> (0 when the process is gone or the field missing)."""
     try:
         for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
@@ -94,8 +94,8 @@ def _tree_memory_bytes(pid: int) -> tuple[int, int]:
     PSS sum is the tree's real share of memory. Both are reported; the 2 GB target is checked against PSS.
     """
     pids = _tree_pids(pid)
-    rss = sum(_proc_memory_kb(p, "VmRSS", "status") for p in pids)
-    pss = sum(_proc_memory_kb(p, "Pss", "smaps_rollup") for p in pids)
+    rss = sum(proc_memory_kb(p, "VmRSS", "status") for p in pids)
+    pss = sum(proc_memory_kb(p, "Pss", "smaps_rollup") for p in pids)
     return rss * 1024, (pss or rss) * 1024
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import _proc_memory_kb
+from bench_sweep import proc_memory_kb
 
 SAMPLE_EVERY_S = 0.5
 
@@ -30,8 +30,8 @@ def subtree_memory_mb(root: psutil.Process) -> tuple[float, float]:
         pids = [root.pid, *(child.pid for child in root.children(recursive=True))]
     except psutil.Error:
         return 0.0, 0.0
-    pss = sum(_proc_memory_kb(pid, "Pss", "smaps_rollup") for pid in pids)
-    rss = sum(_proc_memory_kb(pid, "VmRSS", "status") for pid in pids)
+    pss = sum(proc_memory_kb(pid, "Pss", "smaps_rollup") for pid in pids)
+    rss = sum(proc_memory_kb(pid, "VmRSS", "status") for pid in pids)
     return pss / 1024, rss / 1024
 
 

@@ -237,37 +237,22 @@ def run_together(*started: Proc) -> list[Result]:
 # --- reading stores -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CellState:
-    status: str
-    started: bool  # its params are logged: the run got past its creation into run_cell's try block
-    epochs: bool  # at least one epoch's metrics are logged
-    trained: bool  # its final metrics are logged: training is over, its model may still be being exported
-
-
-CELL_STATES = """
-SELECT r.status,
-       EXISTS (SELECT 1 FROM params p WHERE p.run_uuid = r.run_uuid),
-       EXISTS (SELECT 1 FROM latest_metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'val_accuracy'),
-       EXISTS (SELECT 1 FROM latest_metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'final_val_accuracy')
-FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'fashion_mlops.kind' AND t.value = 'cell'
+CELL_RUNS = """
+SELECT COUNT(*) FROM runs r
+JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'fashion_mlops.kind' AND t.value = 'cell'
 """
 
 
-def cell_states(db: Path) -> list[CellState]:
-    """Every cell run's state, read through a read-only connection while a sweep writes the store."""
+def any_cell(db: Path) -> bool:
+    """Whether a cell run exists, read through a read-only connection while a sweep writes the store."""
     if not db.exists():
-        return []
+        return False
     try:
         with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as connection:
-            rows = connection.execute(CELL_STATES).fetchall()
+            (count,) = connection.execute(CELL_RUNS).fetchone()
     except sqlite3.Error:  # the schema is still being created, or a writer holds the lock right now
-        return []
-    return [CellState(status, *map(bool, flags)) for status, *flags in rows]
-
-
-def any_cell(db: Path) -> bool:
-    return bool(cell_states(db))
+        return False
+    return count > 0
 
 
 def epochs_done(proc: Proc) -> int:

@@ -109,7 +109,7 @@ def log_model(run_id: str, model: nn.Module, example_images: np.ndarray) -> str:
 
     `example_images` are uint8 N x 1 x 28 x 28 with N > 1: torch.export specialises a batch of one.
     """
-    example = (example_images.astype(np.float32) / 255.0).astype(np.float32)
+    example = example_images.astype(np.float32) / 255.0
     mlflow.start_run(run_id=run_id)
     try:
         return mlflow.pytorch.log_model(

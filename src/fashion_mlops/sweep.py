@@ -92,7 +92,7 @@ def run_sweep(
                 else:
                     _set_threads(params.train.threads)
                     for outcome in pending:
-                        run_cell(outcome, splits, tracker.cell(outcome.index), _bar_updater(bar, tracker))
+                        run_cell(outcome, splits, tracker.cell(outcome.index), _serial_epoch_callback(bar, tracker))
             best = select_best(outcomes)
             for index, (run_id, model_uri) in tracker.cell_ids().items():
                 outcomes[index].run_id, outcomes[index].model_uri = run_id, model_uri
@@ -155,7 +155,9 @@ def _mark_reused(outcome: CellOutcome, reused: ReusedCell, bar: tqdm) -> None:
     bar.update(outcome.spec.train.epochs)
 
 
-def _bar_updater(bar: tqdm, tracker: Tracker | NullTracker):
+def _serial_epoch_callback(bar: tqdm, tracker: Tracker | NullTracker):
+    """After each epoch of a serial sweep: advance the bar, and stop if the tracker process failed."""
+
     def on_epoch(name: str, result: EpochResult) -> None:
         bar.set_postfix_str(f"{name[:40]} val_acc={result.val_accuracy:.4f}")
         bar.update(1)

@@ -16,7 +16,6 @@ import atexit
 import multiprocessing as mp
 import os
 import queue
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +52,14 @@ POLL_S = 0.1
 END_TIMEOUT_S = 120.0  # how long ending the sweep may wait for the tracker to write what it was sent
 
 
-def sweep_params(params: Params) -> dict[str, Any]:
+def sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
     """The parent run's params: every fixed training setting and the grid."""
     fixed = {k: v for k, v in params.train.model_dump().items() if k not in params.sweep.grid}
     return {
         **fixed,
         "arch": params.model.arch,
         "grid": str(params.sweep.grid),
-        "runs": len(params.cells()),
+        "runs": n_runs,
         "workers": params.sweep.workers,
         "val_size": params.data.val_size,
         "subset": params.data.subset,
@@ -154,9 +153,9 @@ class Tracker:
         except queue.Empty:
             reply = None
         if isinstance(reply, Failed):
-            raise TrackingFailed(f"the tracker process failed: {reply.message}")
+            raise _error(reply)
         if not self.process.is_alive():
-            raise TrackingFailed(f"the tracker process died (exit code {self.process.exitcode})")
+            raise self._died()
 
     def cell_ids(self) -> dict[int, tuple[str, str | None]]:
         """Every cell's run id and model URI, once the tracker has written everything sent so far."""
@@ -174,9 +173,6 @@ class Tracker:
         if self.ended:
             return
         self.commands.put(SweepEnded(status, reason))
-        deadline = time.monotonic() + END_TIMEOUT_S
-        while self.process.is_alive() and time.monotonic() < deadline:
-            self.process.join(POLL_S)
         self._join()
 
     def _wait_for(self, kind: type) -> Any:
@@ -187,15 +183,18 @@ class Tracker:
                 reply = self.replies.get(timeout=POLL_S)
             except queue.Empty:
                 if not self.process.is_alive():
-                    raise TrackingFailed(f"the tracker process died (exit code {self.process.exitcode})") from None
+                    raise self._died() from None
                 continue
             if isinstance(reply, Failed):
-                error = TrackingUnavailable if reply.unavailable else TrackingFailed
-                raise error(reply.message if reply.unavailable else f"the tracker process failed: {reply.message}")
+                raise _error(reply)
             if isinstance(reply, kind):
                 return reply
 
+    def _died(self) -> TrackingFailed:
+        return TrackingFailed(f"the tracker process died (exit code {self.process.exitcode})")
+
     def _join(self) -> None:
+        """Wait for the tracker process to exit (END_TIMEOUT_S at most, then stop it)."""
         self.ended = True
         self.process.join(END_TIMEOUT_S)
         if self.process.is_alive():
@@ -206,6 +205,13 @@ class Tracker:
         """At interpreter exit: a sweep that never ended its tracker (a bug, or an early exit) ends it KILLED."""
         if not self.ended and self.process.is_alive():
             self.end("KILLED", "the sweep process exited without ending the sweep")
+
+
+def _error(reply: Failed) -> TrackingFailed | TrackingUnavailable:
+    """The one-line error the training process raises for the tracker's failure report."""
+    if reply.unavailable:
+        return TrackingUnavailable(reply.message)
+    return TrackingFailed(f"the tracker process failed: {reply.message}")
 
 
 class NullTracker:
@@ -252,7 +258,7 @@ def start_tracker(params: Params, params_path: Path) -> Tracker | NullTracker:
     context = mp.get_context("spawn")
     commands, replies = context.Queue(), context.Queue()
     cells = [(cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
-    setup = Setup(params, str(params_path), sweep_params(params), cells, os.getpid())
+    setup = Setup(params, str(params_path), sweep_params(params, len(cells)), cells, os.getpid())
     process = context.Process(target=_serve, args=(setup, commands, replies), name="fashion-mlops-tracker")
     process.start()
     channel = CellChannel(commands, params.tracking.histogram_every, params.tracking.log_models)

@@ -161,6 +161,7 @@ class _Service:
         elif isinstance(message, IdsRequested):
             self.replies.put(CellIds({i: (run.run_id, run.model_uri) for i, run in self.cells.items()}))
         elif isinstance(message, SweepFinished):
+            self._end_open_cells("FAILED", "finished")
             self.sweep.finish(message.metrics, message.tags, Path(message.reports))
             self.replies.put(Done())
             return True
@@ -193,13 +194,16 @@ class _Service:
             self.ended.add(index)
             self.cells[index].end(status, reason)
 
-    def _end(self, status: str, reason: str | None) -> None:
-        """End open cells and the sweep with `status` (any cell still open ends KILLED or FAILED)."""
-        leftover = "KILLED" if status == "KILLED" else "FAILED"
+    def _end_open_cells(self, status: str, reason: str | None) -> None:
+        """End, with `status`, every cell run the training side has not ended (it was stopped, or failed)."""
         for index in list(self.cells):
-            self._best_effort(self._end_cell, index, leftover, f"still RUNNING when the sweep ended ({reason})")
+            self._best_effort(self._end_cell, index, status, f"still RUNNING when the sweep ended ({reason})")
+
+    def _end(self, status: str, reason: str | None) -> None:
+        """End open cells (KILLED or FAILED) and the sweep with `status`."""
+        self._end_open_cells("KILLED" if status == "KILLED" else "FAILED", reason)
         if self.sweep is not None:
-            self._best_effort(self.sweep.end, _status_code(status), reason)
+            self._best_effort(self.sweep.end, status, reason)
         self.replies.put(Done())
 
     def abandon(self, reason: str) -> None:
@@ -213,9 +217,3 @@ class _Service:
             if self.failure is None:
                 self.failure = f"{type(error).__name__}: {error}"
                 self.replies.put(Failed(self.failure))
-
-
-def _status_code(status: str) -> int:
-    from mlflow.entities import RunStatus
-
-    return RunStatus.from_string(status)

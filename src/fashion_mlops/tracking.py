@@ -242,19 +242,14 @@ class SweepTracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         client.log_artifacts(self.sweep_run_id, str(reports), artifact_path="reports")
-        self.end(RunStatus.FINISHED)
+        self.end("FINISHED")
 
-    def end(self, status: int, reason: str | None = None) -> None:
-        """End the sweep run, and with it any of its cell runs still RUNNING (e.g. in a worker that was stopped)."""
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End the sweep's parent run with `status` (FINISHED, FAILED or KILLED), the reason as a tag.
+
+        Its cell runs are ended by the tracker process, which holds every one it opened.
+        """
         client = mlflow.MlflowClient()
-        leftovers = client.search_runs(
-            [self.info.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_SWEEP}` = '{self.sweep_run_id}'",
-        )
-        leftover_status = RunStatus.KILLED if status == RunStatus.KILLED else RunStatus.FAILED
-        for run in leftovers:
-            client.set_tag(run.info.run_id, TAG_FAILURE, f"still RUNNING when the sweep ended ({reason or 'finished'})")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(leftover_status))
         if reason:
             client.set_tag(self.sweep_run_id, TAG_FAILURE, reason[:5000])
-        client.set_terminated(self.sweep_run_id, RunStatus.to_string(status))
+        client.set_terminated(self.sweep_run_id, status)
