@@ -86,21 +86,31 @@ def proc_memory_kb(pid: int, field: str, path: str) -> int:
     return 0
 
 
-def _tree_memory_bytes(pid: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) over a process tree.
+def _tree_memory_bytes(pid: int, pss: bool) -> tuple[int, int | None]:
+    """(sum of RSS, sum of PSS or None) over a process tree.
 
-    RSS counts a page shared by several processes (torch's libraries, mapped by the sweep and by its tracker
-    process alike) once per process; PSS splits each shared page between the processes sharing it, so the
-    PSS sum is the tree's real share of memory. Both are reported; the 2 GB target is checked against PSS.
+    RSS comes from /proc/<pid>/status, a cheap read. It counts a page shared by several processes (torch's
+    libraries, mapped by the sweep and by its tracker process alike) once per process, so the sum is an upper
+    bound. PSS splits each shared page between its processes, so its sum is the tree's real share; but reading
+    /proc/<pid>/smaps_rollup walks the process's page tables under its memory-map lock, which stalls the
+    process's own allocations: sampled every 0.2 s it slowed the tutorial sweep by 25 % on a 2-core VM
+    (67 s -> 83 s). Timed runs therefore read RSS only, and PSS is sampled in a separate, untimed run (`--pss`).
     """
     pids = _tree_pids(pid)
     rss = sum(proc_memory_kb(p, "VmRSS", "status") for p in pids)
-    pss = sum(proc_memory_kb(p, "Pss", "smaps_rollup") for p in pids)
-    return rss * 1024, (pss or rss) * 1024
+    if not pss:
+        return rss * 1024, None
+    return rss * 1024, sum(proc_memory_kb(p, "Pss", "smaps_rollup") for p in pids) * 1024
 
 
-def run_measured(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str], echo: bool) -> dict[str, Any]:
-    """Run `cmd`, its output going to `log_path` (and the terminal with `echo`); wall time and peak memory."""
+def run_measured(
+    cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str], echo: bool, pss: bool = False
+) -> dict[str, Any]:
+    """Run `cmd`, its output going to `log_path` (and the terminal with `echo`); wall time and peak memory.
+
+    With `pss`, the tree's PSS is sampled too, which slows the process down (see _tree_memory_bytes): such a
+    run's wall time is not comparable with the others.
+    """
     peak_tree_rss = peak_tree_pss = 0
     done = threading.Event()
 
@@ -113,8 +123,8 @@ def run_measured(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str],
         def sample() -> None:
             nonlocal peak_tree_rss, peak_tree_pss
             while not done.is_set():
-                rss, pss = _tree_memory_bytes(proc.pid)
-                peak_tree_rss, peak_tree_pss = max(peak_tree_rss, rss), max(peak_tree_pss, pss)
+                rss, pss_bytes = _tree_memory_bytes(proc.pid, pss)
+                peak_tree_rss, peak_tree_pss = max(peak_tree_rss, rss), max(peak_tree_pss, pss_bytes or 0)
                 done.wait(SAMPLE_EVERY_S)
 
         def tee() -> None:
@@ -151,9 +161,9 @@ def run_measured(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str],
         "wall_s": wall_s,
         "maxrss_mb": maxrss_mb,
         "sampled_tree_rss_mb": tree_rss_mb,
-        "sampled_tree_pss_mb": tree_pss_mb,
-        # the main process's exact peak RSS, or the whole tree's sampled PSS when that is larger
-        "peak_rss_mb": max(maxrss_mb or 0.0, tree_pss_mb),
+        "sampled_tree_pss_mb": tree_pss_mb if pss else None,
+        # the main process's exact peak RSS, or the whole tree's sampled RSS sum (an upper bound) when larger
+        "peak_rss_mb": max(maxrss_mb or 0.0, tree_rss_mb),
     }
 
 
@@ -196,8 +206,15 @@ def project_params(
 
 
 def run_project(
-    label: str, base: dict[str, Any], args: argparse.Namespace, workdir: Path, tracking_on: bool, env: dict[str, str]
+    label: str,
+    base: dict[str, Any],
+    args: argparse.Namespace,
+    workdir: Path,
+    tracking_on: bool,
+    env: dict[str, str],
+    pss: bool = False,
 ) -> dict[str, Any]:
+    """One project sweep (then `evaluate`, when tracking is on and this is a timed run, i.e. not `pss`)."""
     workdir.mkdir(parents=True)
     params_path, reports = workdir / "params.yaml", workdir / "reports"
     params = project_params(base, args, workdir, tracking_on, grid_of(args))
@@ -211,7 +228,7 @@ def run_project(
         subprocess.run([sys.executable, "-c", init], check=True, env=env, capture_output=True)
     print(f"  {label}: sweep in {workdir}", flush=True)
     result: dict[str, Any] = {"label": label, "workdir": str(workdir), "tracking": tracking_on}
-    result["sweep"] = run_measured([*cli, "sweep"], workdir, workdir / "sweep.log", env, args.verbose)
+    result["sweep"] = run_measured([*cli, "sweep"], workdir, workdir / "sweep.log", env, args.verbose, pss)
     if result["sweep"]["rc"] != 0:
         result["error"] = f"sweep exited {result['sweep']['rc']}; log {result['sweep']['log']}"
         print(log_tail(result["sweep"]["log"]), file=sys.stderr)
@@ -223,7 +240,7 @@ def run_project(
         result["finished_runs"] = sweep_json.get("finished_runs")
     result["wrote_mlflow_store"] = (workdir / "mlflow.db").exists()
     result["wrote_tensorboard"] = (workdir / "runs").exists() and any((workdir / "runs").rglob("events.out.*"))
-    if tracking_on:
+    if tracking_on and not pss:
         print(f"  {label}: evaluate", flush=True)
         result["evaluate"] = run_measured([*cli, "evaluate"], workdir, workdir / "evaluate.log", env, args.verbose)
         if result["evaluate"]["rc"] != 0:
@@ -330,7 +347,9 @@ def summarise(repeats: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         "on_peak_rss_mb": max((r["sweep"]["peak_rss_mb"] for r in on), default=None),
         "on_main_maxrss_mb": max((r["sweep"]["maxrss_mb"] or 0 for r in on), default=None),
         "on_tree_rss_mb": max((r["sweep"]["sampled_tree_rss_mb"] for r in on), default=None),
-        "on_tree_pss_mb": max((r["sweep"]["sampled_tree_pss_mb"] for r in on), default=None),
+        "on_tree_pss_mb": max(
+            (r["sweep"]["sampled_tree_pss_mb"] for r in ok([r.get("memory_run") for r in repeats])), default=None
+        ),
         "off_peak_rss_mb": max((r["sweep"]["peak_rss_mb"] for r in off), default=None),
         "project_test_accuracy": _median([r.get("test_accuracy") for r in on]),
         "on_best_val_accuracy": _median([r.get("best_val_accuracy") for r in on]),
@@ -431,8 +450,13 @@ def print_table(repeats: list[dict[str, Any]], s: dict[str, Any], args: argparse
     )
     print(
         f"    (sweep process alone: peak RSS {_fmt(s['on_main_maxrss_mb'], '.0f')} MB; with its tracker process and "
-        f"workers: sum of PSS {_fmt(s['on_tree_pss_mb'], '.0f')} MB, sum of RSS {_fmt(s['on_tree_rss_mb'], '.0f')} MB, "
-        "which counts shared library pages once per process)"
+        f"workers: sum of RSS {_fmt(s['on_tree_rss_mb'], '.0f')} MB, which counts shared library pages once per "
+        "process; "
+        + (
+            f"sum of PSS {_fmt(s['on_tree_pss_mb'], '.0f')} MB in the untimed --pss run)"
+            if s["on_tree_pss_mb"] is not None
+            else "--pss adds an untimed run that samples the tree's PSS)"
+        )
     )
     if s["tracking_off_honoured"] is False:
         print(
@@ -482,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the MLflow store's tables before timing the tracked sweep (a store that already exists)",
     )
+    parser.add_argument(
+        "--pss",
+        action="store_true",
+        help="after the timed runs, one more tracked sweep that samples its process tree's PSS (untimed)",
+    )
     parser.add_argument("--cli", default=None, help="the fashion-mlops executable (default: next to this python)")
     parser.add_argument("--tmp-dir", default=None, help="where the per-variant working folders go")
     parser.add_argument("--keep", action="store_true", help="keep the working folders (logs, stores, runs/)")
@@ -525,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
                 label = "(b) tracking on" if tracking_on else "(c) tracking off"
                 rep[key] = run_project(label, base, args, rep_dir / key, tracking_on, env)
             repeats.append(rep)
+        if args.pss:
+            print("memory run (untimed: sampling PSS slows the process down)", flush=True)
+            memory = run_project("(m) tracking on", base, args, tmp_root / "memory-run", True, env, pss=True)
+            repeats.append({"memory_run": memory})
         failed = bool(all_errors(repeats))
     finally:
         if failed and not args.keep:
