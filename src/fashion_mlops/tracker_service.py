@@ -41,9 +41,10 @@ from fashion_mlops.tracking import SweepTracker, reap_orphaned_runs
 from fashion_mlops.tracking_errors import TrackingUnavailable
 
 PARENT_CHECK_S = 1.0
-# The tracker yields the CPU to training: at nice 0 it took cores from training's OpenMP threads mid-barrier
-# (the tutorial grid on 2 cores: +20 s of training CPU, +20-30 % wall); at 19 it runs in the time training
-# leaves idle (the second core is far from busy at small batches) and training barely notices it.
+# The tracker yields the CPU to training. At nice 0 it took cores from training's OpenMP threads mid-barrier (the
+# tutorial grid on 2 cores: +20 s of training CPU, +20-30 % wall). At 19 it gets ~1.5 % of a core while training
+# keeps every core busy (its OpenMP workers spin between ops), so there most of the writing waits for training to
+# end and the sweep then waits for it (a few seconds); where a core is free it writes beside training.
 NICENESS = 19
 
 
