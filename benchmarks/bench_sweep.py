@@ -86,7 +86,7 @@ def proc_memory_kb(pid: int, field: str, path: str) -> int:
     return 0
 
 
-def _tree_memory_bytes(pid: int, pss: bool) -> tuple[int, int | None]:
+def tree_memory_bytes(pid: int, pss: bool) -> tuple[int, int | None]:
     """(sum of RSS, sum of PSS or None) over a process tree.
 
     RSS comes from /proc/<pid>/status, a cheap read. It counts a page shared by several processes (torch's
@@ -108,7 +108,7 @@ def run_measured(
 ) -> dict[str, Any]:
     """Run `cmd`, its output going to `log_path` (and the terminal with `echo`); wall time and peak memory.
 
-    With `pss`, the tree's PSS is sampled too, which slows the process down (see _tree_memory_bytes): such a
+    With `pss`, the tree's PSS is sampled too, which slows the process down (see tree_memory_bytes): such a
     run's wall time is not comparable with the others.
     """
     peak_tree_rss = peak_tree_pss = 0
@@ -123,7 +123,7 @@ def run_measured(
         def sample() -> None:
             nonlocal peak_tree_rss, peak_tree_pss
             while not done.is_set():
-                rss, pss_bytes = _tree_memory_bytes(proc.pid, pss)
+                rss, pss_bytes = tree_memory_bytes(proc.pid, pss)
                 peak_tree_rss, peak_tree_pss = max(peak_tree_rss, rss), max(peak_tree_pss, pss_bytes or 0)
                 done.wait(SAMPLE_EVERY_S)
 

@@ -19,20 +19,9 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import proc_memory_kb
+from bench_sweep import tree_memory_bytes
 
 SAMPLE_EVERY_S = 0.5
-
-
-def subtree_memory_mb(root: psutil.Process) -> tuple[float, float]:
-    """(sum of PSS, sum of RSS) in MB over `root` and its descendants."""
-    try:
-        pids = [root.pid, *(child.pid for child in root.children(recursive=True))]
-    except psutil.Error:
-        return 0.0, 0.0
-    pss = sum(proc_memory_kb(pid, "Pss", "smaps_rollup") for pid in pids)
-    rss = sum(proc_memory_kb(pid, "VmRSS", "status") for pid in pids)
-    return pss / 1024, rss / 1024
 
 
 def find_match(root: psutil.Process, match: str) -> psutil.Process | None:
@@ -61,8 +50,8 @@ def main() -> int:
         while not done.is_set():
             target = find_match(root, args.match)
             if target is not None:
-                pss, rss = subtree_memory_mb(target)
-                peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
+                rss, pss = tree_memory_bytes(target.pid, pss=True)
+                peaks["pss"], peaks["rss"] = max(peaks["pss"], pss / 2**20), max(peaks["rss"], rss / 2**20)
             done.wait(SAMPLE_EVERY_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
