@@ -8,9 +8,10 @@ once the process has ended. While a sweep is still running, the test only reads 
 read-only sqlite3 connection: an MlflowClient opened on a store whose schema is still being created by the
 sweep would try to create it too.
 
-Every run uses simple_cnn, one CPU thread (train.threads: 1) and at most three epochs; expensive set-ups
-(reference sweeps, interrupted sweeps, the registry sequence, the MLflow server) are module-scoped fixtures
-shared by several tests, and independent processes of one fixture run side by side.
+Every run uses simple_cnn, one CPU thread (train.threads: 1) and EPOCHS epochs unless a test needs fewer, or
+more to signal in; expensive set-ups (reference sweeps, interrupted sweeps, the registry sequence, the MLflow
+server) are module-scoped fixtures shared by several tests, and independent processes of one fixture run side
+by side.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ pytestmark = pytest.mark.slow
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin" if (REPO_ROOT / ".venv" / "bin").is_dir() else Path(sys.executable).parent
 GRID = {"lr": [0.01, 0.003], "batch_size": [32, 64]}  # four cells: long enough to interrupt after the first
-EPOCHS = 3
+# Enough epochs that the windows the interrupt tests signal in (the second cell's epochs 1..EPOCHS-1) last
+# well over the 20 ms they poll at: an epoch of the sample takes ~20 ms on a fast machine.
+EPOCHS = 10
 N_CELLS = 4
 # sweep.csv columns that depend on wall time or on which run produced them; every other column must match.
 VOLATILE_COLUMNS = ("run_id", "epoch_duration_s", "run_duration_s")
@@ -217,7 +220,7 @@ class Workdir:
 
 
 def make_workdir(root: Path, dataset: Path, raw_dir: Path, **overrides: Any) -> Workdir:
-    """tiny_params on the shared, already downloaded data, one training thread, the 4-cell grid, 3 epochs."""
+    """tiny_params on the shared, already downloaded data, one training thread, the 4-cell grid, EPOCHS epochs."""
     root.mkdir(parents=True)
     settings = {
         "data.dir": str(raw_dir),
@@ -563,11 +566,13 @@ def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uni
 
 
 def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker_alive(new_workdir) -> None:
-    epochs = 6
+    epochs = 100
     work = new_workdir("interrupt-workers", **{"sweep.workers": 2, "train.epochs": epochs})
     proc = work.start("sweep")
-    # 4 cells of 6 epochs on 2 workers: with at most 6 epochs counted (the count trails the workers by a
-    # fraction of a second), both workers are still in their first cells
+    # 4 cells of 100 epochs on 2 workers: with at most 100 epochs counted (the count trails the workers by up to
+    # the 0.2 s the sweep drains their events at), both workers are still in their first cells. A worker trains
+    # the sample's epoch in ~20 ms on a fast machine, so this window lasts about a second; with 6 epochs a cell
+    # it was shorter than one drain, and CI once saw the count jump from 0 past the window.
     mid_sweep = lambda: 0 < epochs_done(proc) <= epochs  # noqa: E731
     wait_until(mid_sweep, [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
     workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the tracker process
