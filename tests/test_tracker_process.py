@@ -17,7 +17,7 @@ from fashion_mlops.tracker_service import NICENESS
 def test_the_tracker_process_runs_at_a_lower_priority_than_training_and_ends_the_sweep_it_was_given(
     sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Niceness +19 (capped at 19): it writes in the CPU time training leaves, never in training's."""
+    """Niceness +19 (capped at 19): it writes mostly in the CPU time training leaves."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in other tests sets it
     params_path = write_params(tmp_path / "params.yaml", tiny_params(sample_dataset, tmp_path))
     params = load_params(params_path)
