@@ -1,17 +1,13 @@
-"""Shared fixtures: small real-format IDX datasets and params files pointing at them."""
+"""Shared fixtures (a small real-format IDX dataset) and the `gpu` marker, which skips where CUDA is missing."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from fashion_mlops.sample import write_sample_dataset
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from fashion_mlops.data.sample import write_sample_dataset
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -25,36 +21,13 @@ def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def tiny_params(dataset: Path, workdir: Path, **overrides: Any) -> dict[str, Any]:
-    """A params mapping for a fast real run on `dataset`; `overrides` maps 'section.key' to a value."""
-    params: dict[str, Any] = {
-        "data": {
-            "manifest": str(dataset / "manifest.json"),
-            "sources": [str(dataset)],
-            "dir": str(workdir / "data" / "raw"),
-            "val_size": 60,
-            "subset": None,
-        },
-        "model": {"arch": "simple_cnn"},
-        "train": {"epochs": 2, "seed": 7, "lr": 0.01, "batch_size": 32, "optimizer": "adam"},
-        "sweep": {"grid": {"lr": [0.01, 0.003]}, "workers": 1, "resume": True},
-        "tracking": {
-            "mlflow_uri": f"sqlite:///{workdir / 'mlflow.db'}",
-            "artifact_location": str(workdir / "mlruns"),
-            "experiment": "test",
-            "tensorboard_dir": str(workdir / "runs"),
-            "histogram_every": 1,
-            "log_models": True,
-        },
-        "registry": {"model_name": "test-cnn", "alias": "champion"},
-        "evaluate": {"batch_size": 50, "tta_flip": False},
-    }
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".", 1)
-        params[section][key] = value
-    return params
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
 
-
-def write_params(path: Path, params: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in gpu_tests:
+            item.add_marker(skip)

@@ -1,1 +1,1 @@
-"""fashion-mlops: reproducible, tracked CNN sweeps on Fashion-MNIST."""
+"""Reproducible, tracked CNN sweeps on Fashion-MNIST: DVC pipeline, MLflow runs and registry, TensorBoard."""

@@ -1,4 +1,4 @@
-"""`fashion-mlops download | sweep | evaluate | validate`: what dvc.yaml calls, one command per stage."""
+"""`fashion-mlops validate | download | sweep | evaluate | make-sample`: one command per DVC stage, and the checks."""
 
 from __future__ import annotations
 
@@ -11,42 +11,43 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fashion_mlops import interrupts
-from fashion_mlops.config import ConfigError, Params, load_params
-from fashion_mlops.manifest import ManifestError, load_manifest
+from fashion_mlops.config import Params, load_params
+from fashion_mlops.data.manifest import Manifest, load_manifest
+from fashion_mlops.errors import UserError
+from fashion_mlops.reports import Reports
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
 INTERRUPTED = 130
 
+Command = Callable[[Params, Manifest, argparse.Namespace], None]
 
-def cmd_validate(params: Params, args: argparse.Namespace) -> None:
+
+def cmd_validate(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
     cells = params.cells()
     print(f"{args.params}: valid; {len(cells)} run(s), architecture(s): {', '.join(sorted({c.arch for c in cells}))}")
 
 
-def cmd_download(params: Params, args: argparse.Namespace) -> None:
-    from fashion_mlops.download import download_dataset
-    from fashion_mlops.manifest import load_manifest
+def cmd_download(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops.data.download import download_dataset
 
-    manifest = load_manifest(params.data.manifest)
     for line in download_dataset(manifest, params.data.sources, Path(params.data.dir), params.data.timeout_s):
         print(line)
 
 
-def cmd_sweep(params: Params, args: argparse.Namespace) -> None:
-    from fashion_mlops.tracker_client import start_tracker
+def cmd_sweep(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops.tracking.exporter import start_exporter
 
-    # the tracker process starts before torch is imported here, so MLflow's start-up overlaps torch's
-    tracker = start_tracker(params, Path(args.params))
+    export = start_exporter(params)  # first: it sets up the store while this process imports torch
     from fashion_mlops.sweep import run_sweep
 
-    run_sweep(params, Path(args.params), Path(args.reports), tracker)
+    run_sweep(params, Path(args.params), manifest, Reports(Path(args.reports)), export)
 
 
-def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+def cmd_evaluate(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
     from fashion_mlops.evaluate import run_evaluate
 
-    result = run_evaluate(params, Path(args.reports))
+    result = run_evaluate(params, manifest, Reports(Path(args.reports)))
     verdict = "promoted to" if result["promoted"] else "did not beat the holder of"
     print(
         f"test accuracy {result['test_accuracy']:.4f}, loss {result['test_loss']:.4f}; "
@@ -55,19 +56,18 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     )
 
 
-def cmd_make_sample(params: Params, args: argparse.Namespace) -> None:
-    from fashion_mlops.sample import write_sample_dataset
+def make_sample(args: argparse.Namespace) -> None:
+    from fashion_mlops.data.sample import write_sample_dataset
 
     manifest = write_sample_dataset(Path(args.out), n_train=args.train, n_test=args.test, seed=args.seed)
     print(f"wrote a synthetic MNIST-format dataset to {args.out} (manifest: {manifest})")
 
 
-COMMANDS: dict[str, Callable[[Params, argparse.Namespace], None]] = {
+COMMANDS: dict[str, Command] = {
     "validate": cmd_validate,
     "download": cmd_download,
     "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
-    "make-sample": cmd_make_sample,
 }
 
 
@@ -92,28 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, interrupts.raise_now)
     logging.basicConfig(level=os.environ.get("FASHION_MLOPS_LOG", "WARNING"))
-    # MLflow's usage telemetry tries to reach the internet when each process starts and exits (~1.6 s a process
-    # where there is none); off unless the user says otherwise, inherited by the tracker process
+    # MLflow's usage telemetry tries to reach the internet when each process starts and exits, which stalls where
+    # there is none; off unless the user says otherwise, inherited by the worker and export processes
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.command == "make-sample":
-        cmd_make_sample(None, args)  # needs no params
+        make_sample(args)  # needs no params
         return 0
     try:
         params = load_params(Path(args.params))
-        load_manifest(params.data.manifest)
-    except (ConfigError, ManifestError) as error:
+        manifest = load_manifest(params.data.manifest)
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        COMMANDS[args.command](params, args)
+        COMMANDS[args.command](params, manifest, args)
     except KeyboardInterrupt:
         print("interrupted: the current run was ended as KILLED; run again to resume", file=sys.stderr)
         return INTERRUPTED
-    except Exception as error:
-        from fashion_mlops.errors import USER_ERRORS  # imported late: it pulls in torch, the sweep needs it later
-
-        if not isinstance(error, USER_ERRORS):
-            raise
+    except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return RUN_ERROR
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,14 +11,10 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fashion_mlops.architectures import check_arch
+from fashion_mlops.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 GRID_KEYS_OUTSIDE_TRAIN = ("arch",)
-
-
-class ConfigError(Exception):
-    """A user-facing configuration problem; its message is one line naming the key."""
 
 
 class _Strict(BaseModel):
@@ -53,6 +50,13 @@ class ModelConfig(_Strict):
     @classmethod
     def _known_arch(cls, arch: str) -> str:
         return check_arch(arch)
+
+
+def check_arch(arch: str) -> str:
+    """`arch` if models.py builds it, else ValueError listing the names it does."""
+    from fashion_mlops.models import check_arch as known  # late: models imports torch, which `--help` does not need
+
+    return known(arch)
 
 
 class TrainConfig(_Strict):
@@ -161,24 +165,26 @@ class Params(_Strict):
                     _raise_as_config_error(where, value, lambda f=fields: TrainConfig(**f))
         return self
 
-    def cells(self) -> list[RunSpec]:
-        """Every combination of the grid, in params order; one run each."""
-        from fashion_mlops.grid import expand_grid
-
+    def cells(self) -> list[Cell]:
+        """Every combination of the grid, in params order; one run each. The one place the grid is expanded."""
         return [
-            RunSpec(
+            Cell(
+                index=index,
+                name=cell_name(index, combo),
                 arch=str(combo.get("arch", self.model.arch)),
                 train=self.train.model_copy(update={k: v for k, v in combo.items() if k != "arch"}),
                 swept=combo,
             )
-            for combo in expand_grid(self.sweep.grid)
+            for index, combo in enumerate(expand_grid(self.sweep.grid))
         ]
 
 
-class RunSpec(BaseModel):
-    """One grid cell: the architecture, the full training settings and which values were swept."""
+class Cell(BaseModel):
+    """One grid cell: its place and name in the sweep, the architecture, the full training settings, what was swept."""
 
     model_config = ConfigDict(frozen=True)
+    index: int
+    name: str
     arch: str
     train: TrainConfig
     swept: dict[str, Any]
@@ -186,6 +192,17 @@ class RunSpec(BaseModel):
     def flat_params(self) -> dict[str, Any]:
         """Every parameter of the run, swept and fixed, flat for logging."""
         return {"arch": self.arch, **self.train.model_dump()}
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of `grid`; keys vary slowest-first in the order given (an empty grid is one run)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def cell_name(index: int, combo: dict[str, Any]) -> str:
+    """A readable, stable run name such as `run-03-lr=0.01-batch_size=100`."""
+    return "-".join([f"run-{index:02d}", *(f"{key}={value}" for key, value in combo.items())])
 
 
 def _identity(value: Any) -> Any:

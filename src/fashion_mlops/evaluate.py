@@ -3,60 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from filelock import FileLock
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
-from fashion_mlops import registry
 from fashion_mlops.config import Params
-from fashion_mlops.datasets import Split, load_split
-from fashion_mlops.engine import loss_and_accuracy, predict_logits
-from fashion_mlops.files import write_atomic, write_json, write_text
-from fashion_mlops.manifest import load_manifest
-from fashion_mlops.store import connect, lock_path, metric_batch, tracking_uri
+from fashion_mlops.data.manifest import Manifest
+from fashion_mlops.data.splits import Split, load_split
+from fashion_mlops.errors import ConfigError
+from fashion_mlops.reports import Reports, write_atomic, write_json, write_text
+from fashion_mlops.tracking import registry
+from fashion_mlops.tracking.store import connect, lock_path, metric_batch, tracking_uri
+from fashion_mlops.train import loss_and_accuracy, predict_logits
 
-REPORTS = Path("reports")
 REGISTRY_LOCK_TIMEOUT_S = 900
-FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-
-
-@contextmanager
-def weights_only_loading() -> Iterator[None]:
-    """Every torch.load inside the block is weights_only, even where a library asks otherwise.
-
-    torch.export.load retries a failed restricted load of the archive's sample inputs with a full
-    unpickle; forcing weights_only turns that retry into an error instead of code execution.
-    """
-    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
-    os.environ[FORCE_WEIGHTS_ONLY] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[FORCE_WEIGHTS_ONLY] = previous
-
-
-def load_logged_model(model_uri: str) -> torch.nn.Module:
-    """A logged model (pt2 format) loaded by MLflow's loader, with no arbitrary unpickling."""
-    with weights_only_loading():
-        return mlflow.pytorch.load_model(model_uri)
 
 
 def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tuple[dict[str, float], np.ndarray]:
     """(accuracy and loss, predicted labels) of a logged model on the test split."""
-    model = load_logged_model(model_uri)
+    model = registry.load_logged_model(model_uri)
     log_probs = predict_logits(model, test.images, batch_size, tta_flip=tta_flip)
     loss, accuracy = loss_and_accuracy(log_probs, test.labels)
     return {"test_accuracy": accuracy, "test_loss": loss}, log_probs.argmax(1).numpy()
@@ -85,12 +56,11 @@ def confusion_png(labels: np.ndarray, predictions: np.ndarray, classes: tuple[st
     tmp.unlink()
 
 
-def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
+def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[str, Any]:
     """Measure the sweep's best model on the test set, register it, and move the alias if it is better."""
-    best = json.loads((reports / "best_run.json").read_text())
+    best = json.loads(reports.best_run.read_text())
     if not best.get("model_uri"):
-        raise RuntimeError("the best run has no logged model (tracking.log_models is false); nothing to evaluate")
-    manifest = load_manifest(params.data.manifest)
+        raise ConfigError("the best run has no logged model (tracking.log_models is false); nothing to evaluate")
     test = load_split(manifest, Path(params.data.dir), "test")
     connect(params)
     settings = params.evaluate
@@ -133,15 +103,15 @@ def run_evaluate(params: Params, reports: Path = REPORTS) -> dict[str, Any]:
         "previous_champion": ({"version": int(champion.version.version), **champion_metrics} if champion else None),
         "champion_version": int(holder.version.version) if holder else None,
     }
-    write_json(reports / "evaluation.json", evaluation)
+    write_json(reports.evaluation, evaluation)
     names = np.array(manifest.classes)
     write_text(
-        reports / "confusion_matrix.csv",
+        reports.confusion_csv,
         pd.DataFrame({"actual": names[labels], "predicted": names[predictions]}).to_csv(index=False),
     )
-    confusion_png(labels, predictions, manifest.classes, reports / "confusion_matrix.png")
+    confusion_png(labels, predictions, manifest.classes, reports.confusion_png)
     client = mlflow.MlflowClient()
     client.log_batch(best["run_id"], metrics=metric_batch(metrics, step=0))
-    for artifact in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png"):
-        client.log_artifact(best["run_id"], str(reports / artifact), artifact_path="evaluation")
+    for artifact in reports.evaluate_outputs():
+        client.log_artifact(best["run_id"], str(artifact), artifact_path="evaluation")
     return evaluation

@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 from torch import nn
 
-from fashion_mlops.architectures import check_arch
-
 NUM_CLASSES = 10
 
 
@@ -63,13 +61,21 @@ class VggBN(nn.Module):
         return self.classifier(self.features(x))
 
 
+# Every architecture a params file may name (model.arch, or arch in sweep.grid): add one here and it can be swept.
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "simple_cnn": SimpleCNN,
-    # 3 blocks of one conv each (32/64/128 channels): ~17 s/epoch on 2 CPU cores
+    # 3 blocks of one conv each (32/64/128 channels)
     "vgg_bn_small": lambda: VggBN(blocks=((32,), (64,), (128,)), dropout=0.2),
     # 3 blocks, two convs in the wider blocks (32 / 64,64 / 128,128): slower, more accurate
     "vgg_bn_medium": lambda: VggBN(blocks=((32,), (64, 64), (128, 128)), dropout=0.3),
 }
+
+
+def check_arch(arch: str) -> str:
+    """Return `arch` if it names a known architecture, else raise ValueError listing the allowed names."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}")
+    return arch
 
 
 def build_model(arch: str) -> nn.Module:

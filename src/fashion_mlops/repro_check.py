@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from fashion_mlops.errors import NotReproducible
+from fashion_mlops.reports import Reports
+
+# what legitimately differs between two identical runs: wall time and the ids of what they created
 VOLATILE_COLUMNS = ("run_id", "epoch_duration_s", "run_duration_s")
 VOLATILE_KEYS = ("run_id", "model_uri", "model_version", "champion_version", "previous_champion", "run_duration_s")
-
-
-class NotReproducible(RuntimeError):
-    """Two runs of the same pipeline gave different numbers."""
 
 
 def project_files(root: Path) -> list[Path]:
@@ -60,8 +60,9 @@ def run_pipeline(dest: Path) -> None:
 
 def stable_results(dest: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The results of a run without what legitimately varies (timings, ids)."""
-    table = pd.read_csv(dest / "reports" / "sweep.csv").drop(columns=list(VOLATILE_COLUMNS))
-    evaluation = json.loads((dest / "reports" / "evaluation.json").read_text())
+    reports = Reports(dest / "reports")
+    table = pd.read_csv(reports.sweep_csv).drop(columns=list(VOLATILE_COLUMNS))
+    evaluation = json.loads(reports.evaluation.read_text())
     return table, {k: v for k, v in evaluation.items() if k not in VOLATILE_KEYS}
 
 
@@ -82,8 +83,8 @@ def differences(first: tuple[pd.DataFrame, dict], second: tuple[pd.DataFrame, di
     return found
 
 
-def repro_check(root: Path, params_file: Path, keep: bool = False) -> list[str]:
-    """Run the pipeline twice (serial, then two workers) from scratch; return the differences (none is a pass)."""
+def repro_check(root: Path, params_file: Path, keep: bool = False) -> None:
+    """Run the pipeline twice (serial, then two workers) from scratch; raise NotReproducible on any difference."""
     params = yaml.safe_load(params_file.read_text())
     workdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
     results = []
@@ -99,7 +100,9 @@ def repro_check(root: Path, params_file: Path, keep: bool = False) -> list[str]:
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    return differences(*results)
+    found = differences(*results)
+    if found:
+        raise NotReproducible(f"{len(found)} difference(s):\n  " + "\n  ".join(found[:50]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path.cwd()
     if not (root / "data" / "sample").is_dir():
-        from fashion_mlops.sample import write_sample_dataset
+        from fashion_mlops.data.sample import write_sample_dataset
 
         write_sample_dataset(root / "data" / "sample", n_train=2000, n_test=500)
-    found = repro_check(root, Path(args.params), keep=args.keep)
-    if found:
-        print(f"NOT reproducible: {len(found)} difference(s)", file=sys.stderr)
-        for line in found[:50]:
-            print(f"  {line}", file=sys.stderr)
+    try:
+        repro_check(root, Path(args.params), keep=args.keep)
+    except NotReproducible as error:
+        print(f"NOT reproducible: {error}", file=sys.stderr)
         return 1
     print("reproducible: both runs gave identical metrics, parameters and champion")
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,31 +23,25 @@ from rich.table import Table
 from tqdm import tqdm
 
 from fashion_mlops import interrupts
-from fashion_mlops.config import Params, RunSpec
-from fashion_mlops.datasets import Splits, load_split, train_val_split
-from fashion_mlops.engine import TrainingDiverged, pick_device, train
-from fashion_mlops.files import write_json, write_text
-from fashion_mlops.grid import cell_name
-from fashion_mlops.manifest import load_manifest
+from fashion_mlops.config import Cell, Params
+from fashion_mlops.data.manifest import Manifest
+from fashion_mlops.data.splits import Splits, load_split, train_val_split
+from fashion_mlops.errors import NoFinishedRuns
 from fashion_mlops.models import build_model
-from fashion_mlops.results import EpochResult
-from fashion_mlops.tracker_client import CellChannel, NullCellRun, NullTracker, Tracker, start_tracker
-from fashion_mlops.tracker_messages import ReusedCell
+from fashion_mlops.reports import Reports, write_json, write_text
+from fashion_mlops.tracking import CellRun, CellRuns, ReusedCell, SweepTracking
+from fashion_mlops.tracking.exporter import ModelExporter
+from fashion_mlops.tracking.runs import start_sweep
+from fashion_mlops.train import EpochResult, TrainingDiverged, pick_device, train
 
-REPORTS = Path("reports")
-
-
-class NoFinishedRuns(RuntimeError):
-    """Every grid cell failed, so there is no model to choose."""
+EpochDone = Callable[[str, EpochResult], None]
 
 
 @dataclass
 class CellOutcome:
     """What one grid cell produced, trained now or reused from an earlier identical run."""
 
-    index: int
-    name: str
-    spec: RunSpec
+    cell: Cell
     status: str = "PENDING"
     run_id: str | None = None
     model_uri: str | None = None
@@ -59,78 +55,77 @@ class CellOutcome:
         return self.history[-1] if self.history else None
 
 
-def load_training_data(params: Params) -> Splits:
-    manifest = load_manifest(params.data.manifest)
+def load_training_data(params: Params, manifest: Manifest) -> Splits:
     full_train = load_split(manifest, Path(params.data.dir), "train")
     return train_val_split(full_train, params.data.val_size, params.train.seed, params.data.subset)
 
 
 def run_sweep(
-    params: Params, params_path: Path, reports: Path = REPORTS, tracker: Tracker | NullTracker | None = None
+    params: Params, params_path: Path, manifest: Manifest, reports: Reports, export: ModelExporter | None
 ) -> list[CellOutcome]:
     """Train every grid cell, log each to MLflow and TensorBoard, write the results table and the best run.
 
-    `tracker` is the tracker process if the caller started it early (the CLI does, before importing torch).
+    `export` (see `tracking.exporter.start_exporter`) logs the trained models; None when none are logged.
+
     Ctrl-C / SIGTERM are deferred to safe points (between training steps and cells): the current run and
     the sweep end as KILLED, and a rerun reuses the cells that finished.
     """
+    outcomes = [CellOutcome(cell) for cell in params.cells()]
     with interrupts.deferred():
-        tracker = tracker or start_tracker(params, params_path)
+        tracking = start_sweep(params, params_path, manifest, export)
         try:
-            splits = load_training_data(params)
-            outcomes = [CellOutcome(i, cell_name(i, spec.swept), spec) for i, spec in enumerate(params.cells())]
-            ready = tracker.begin()
+            splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
             # the bar sees each count
-            epochs = sum(o.spec.train.epochs for o in outcomes)
+            epochs = sum(o.cell.train.epochs for o in outcomes)
             with tqdm(total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1) as bar:
-                for index, reused in ready.reused.items():
+                for index, reused in tracking.reuse([o.cell for o in outcomes]).items():
                     _mark_reused(outcomes[index], reused, bar)
                 pending = [o for o in outcomes if o.status == "PENDING"]
                 if params.sweep.workers > 1 and len(pending) > 1:
-                    _run_in_workers(pending, params, tracker, bar)
+                    _run_in_workers(pending, params, manifest, tracking, bar)
                 else:
-                    _set_threads(params.train.threads)
-                    for outcome in pending:
-                        run_cell(outcome, splits, tracker.cell(outcome.index), _serial_epoch_callback(bar, tracker))
+                    _run_serially(pending, splits, tracking, bar)
             best = select_best(outcomes)
-            for index, (run_id, model_uri) in tracker.cell_ids().items():
-                outcomes[index].run_id, outcomes[index].model_uri = run_id, model_uri
-            write_reports(outcomes, best, ready.sweep_run_id, reports)
-            tracker.finish(
+            model_uris = tracking.model_uris()
+            for outcome in outcomes:
+                outcome.model_uri = outcome.model_uri or model_uris.get(str(outcome.run_id))
+            write_reports(outcomes, best, tracking.sweep_run_id, reports)
+            tracking.finish(
                 {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
-                {"best_run_id": str(best.run_id), "best_run_name": best.name},
-                reports,
+                {"best_run_id": str(best.run_id), "best_run_name": best.cell.name},
+                reports.root,
             )
         except KeyboardInterrupt:
-            tracker.end("KILLED", "interrupted")
+            tracking.end("KILLED", "interrupted")
             raise
         except BaseException as error:
-            tracker.end("FAILED", f"{type(error).__name__}: {error}")
+            tracking.end("FAILED", f"{type(error).__name__}: {error}")
             raise
     print_summary(outcomes, best)
     return outcomes
 
 
-def run_cell(outcome: CellOutcome, splits: Splits, run: Any, on_epoch: Any) -> CellOutcome:
+def run_cell(outcome: CellOutcome, splits: Splits, run: CellRun, on_epoch: EpochDone) -> CellOutcome:
     """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
-    spec = outcome.spec
+    cell = outcome.cell
     interrupts.check()
     outcome.status = "RUNNING"
-    run.log_start(splits.train)
     started = time.perf_counter()
 
     def on_epoch_end(result: EpochResult, model: torch.nn.Module) -> None:
         outcome.history.append(result)
-        run.log_epoch(result, model)
-        on_epoch(outcome.name, result)
+        run.epoch(result, model)
+        on_epoch(cell.name, result)
 
     try:
-        torch.manual_seed(spec.train.seed)
-        model = build_model(spec.arch)
-        train(model, splits, spec.train, pick_device(spec.train.device), on_epoch_end)
+        torch.manual_seed(cell.train.seed)
+        model = build_model(cell.arch)
+        run.start(model, splits.train)
+        outcome.run_id = run.run_id
+        train(model, splits, cell.train, pick_device(cell.train.device), on_epoch_end)
         outcome.duration_s = time.perf_counter() - started
-        run.log_finish(model, outcome.history, outcome.duration_s, splits.val)
+        run.finish(model, outcome.history, outcome.duration_s, splits.val)
         outcome.status = "FINISHED"
         run.end("FINISHED")
     except TrainingDiverged as error:
@@ -149,26 +144,27 @@ def run_cell(outcome: CellOutcome, splits: Splits, run: Any, on_epoch: Any) -> C
 
 
 def _mark_reused(outcome: CellOutcome, reused: ReusedCell, bar: tqdm) -> None:
-    """An earlier FINISHED run with the same fingerprint (params, data, code) stands in for training this cell."""
     outcome.run_id, outcome.history, outcome.duration_s = reused.run_id, reused.history, reused.duration_s
     outcome.model_uri, outcome.reused_from, outcome.status = reused.model_uri, reused.reused_from, "FINISHED"
-    bar.update(outcome.spec.train.epochs)
+    bar.update(outcome.cell.train.epochs)
 
 
-def _serial_epoch_callback(bar: tqdm, tracker: Tracker | NullTracker):
-    """After each epoch of a serial sweep: advance the bar, and stop if the tracker process failed."""
+def _show_epoch(bar: tqdm, name: str, val_accuracy: float) -> None:
+    bar.set_postfix_str(f"{name[:40]} val_acc={val_accuracy:.4f}")
+    bar.update(1)
+
+
+def _run_serially(pending: list[CellOutcome], splits: Splits, tracking: SweepTracking, bar: tqdm) -> None:
+    """Each cell in this process, with its own thread count (train.threads, swept or not; else torch's default)."""
+    default_threads = torch.get_num_threads()
 
     def on_epoch(name: str, result: EpochResult) -> None:
-        bar.set_postfix_str(f"{name[:40]} val_acc={result.val_accuracy:.4f}")
-        bar.update(1)
-        tracker.check()
+        _show_epoch(bar, name, result.val_accuracy)
+        tracking.check()
 
-    return on_epoch
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+    for outcome in pending:
+        torch.set_num_threads(outcome.cell.train.threads or default_threads)
+        run_cell(outcome, splits, tracking.runs.cell(outcome.cell), on_epoch)
 
 
 # --- parallel cells -------------------------------------------------------------------------------
@@ -176,33 +172,48 @@ def _set_threads(threads: int | None) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(params: Params, channel: CellChannel | None, threads: int, events: Any) -> None:
-    """Per worker process: its share of the CPU threads, the data loaded once, and the tracker's queue."""
+def _init_worker(params: Params, manifest: Manifest, runs: CellRuns, threads: int, events: Any) -> None:
+    """Per worker process: its share of the CPU threads, the data loaded once, and where its runs go."""
     interrupts.install_deferred()
-    torch.set_num_threads(threads)
-    _WORKER.update(splits=load_training_data(params), channel=channel, events=events)
+    threading.Thread(target=_stop_when_the_sweep_process_dies, daemon=True).start()
+    _WORKER.update(splits=load_training_data(params, manifest), runs=runs, threads=threads, events=events)
+
+
+def _stop_when_the_sweep_process_dies() -> None:
+    """A worker whose sweep process died (SIGKILL) ends its run KILLED at the next step, as on SIGTERM."""
+    import os
+    import signal
+
+    parent = mp.parent_process()
+    while parent is not None and parent.is_alive():
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker_run(outcome: CellOutcome) -> CellOutcome:
     def on_epoch(name: str, result: EpochResult) -> None:
         _WORKER["events"].put((name, result.val_accuracy))
 
-    channel = _WORKER["channel"]
-    run = channel.cell(outcome.index) if channel is not None else NullCellRun()
-    return run_cell(outcome, _WORKER["splits"], run, on_epoch)
+    torch.set_num_threads(outcome.cell.train.threads or _WORKER["threads"])
+    return run_cell(outcome, _WORKER["splits"], _WORKER["runs"].cell(outcome.cell), on_epoch)
 
 
-def _run_in_workers(pending: list[CellOutcome], params: Params, tracker: Tracker | NullTracker, bar: tqdm) -> None:
+def _run_in_workers(
+    pending: list[CellOutcome], params: Params, manifest: Manifest, tracking: SweepTracking, bar: tqdm
+) -> None:
     """Run cells in `sweep.workers` spawned processes; results land back in `pending`, in grid order."""
     workers = min(params.sweep.workers, len(pending))
-    # train.threads, when set, is the per-run thread count in serial and parallel sweeps alike: results only
-    # match bit for bit between the two at equal thread counts (oneDNN's reductions depend on it).
-    threads = params.train.threads or max(1, torch.get_num_threads() // workers)
+    # a cell's train.threads, when set, is its thread count in serial and parallel sweeps alike: results only
+    # match bit for bit between the two at equal thread counts (oneDNN's reductions depend on it)
+    threads = max(1, torch.get_num_threads() // workers)
     context = mp.get_context("spawn")
     events = context.Queue()
-    by_index = {o.index: o for o in pending}
+    by_index = {o.cell.index: o for o in pending}
     executor = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(params, tracker.channel, threads, events)
+        workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(params, manifest, tracking.runs, threads, events),
     )
     try:
         futures = {executor.submit(_worker_run, outcome) for outcome in pending}
@@ -210,10 +221,10 @@ def _run_in_workers(pending: list[CellOutcome], params: Params, tracker: Tracker
             done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, bar)
             interrupts.check()
-            tracker.check()
+            tracking.check()
             for future in done:
                 result = future.result()
-                by_index[result.index].__dict__.update(result.__dict__)
+                by_index[result.cell.index].__dict__.update(result.__dict__)
         _drain(events, bar)
     except BaseException:
         for future in futures:
@@ -231,8 +242,7 @@ def _drain(events: Any, bar: tqdm) -> None:
             name, val_accuracy = events.get_nowait()
         except queue.Empty:
             return
-        bar.set_postfix_str(f"{name[:40]} val_acc={val_accuracy:.4f}")
-        bar.update(1)
+        _show_epoch(bar, name, val_accuracy)
 
 
 # --- selection and reports ------------------------------------------------------------------------
@@ -242,21 +252,21 @@ def select_best(outcomes: list[CellOutcome]) -> CellOutcome:
     """Highest final validation accuracy among finished runs; ties go to the lower validation loss."""
     finished = [o for o in outcomes if o.status == "FINISHED" and o.final is not None]
     if not finished:
-        reasons = "; ".join(f"{o.name}: {o.failure}" for o in outcomes)
+        reasons = "; ".join(f"{o.cell.name}: {o.failure}" for o in outcomes)
         raise NoFinishedRuns(f"no grid cell finished training ({reasons}); the registry was left untouched")
-    return max(finished, key=lambda o: (o.final.val_accuracy, -o.final.val_loss, -o.index))
+    return max(finished, key=lambda o: (o.final.val_accuracy, -o.final.val_loss, -o.cell.index))
 
 
 def results_table(outcomes: list[CellOutcome]) -> pd.DataFrame:
     """The tutorial's results table: one row per run and epoch, with every swept parameter."""
     rows = [
         {
-            "run": o.name,
+            "run": o.cell.name,
             "run_id": o.run_id,
             "status": o.status,
             **result.as_dict(),
             "run_duration_s": o.duration_s,
-            **{k: _plain(v) for k, v in o.spec.swept.items()},
+            **{k: _plain(v) for k, v in o.cell.swept.items()},
         }
         for o in outcomes
         for result in o.history
@@ -264,11 +274,11 @@ def results_table(outcomes: list[CellOutcome]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: str, reports: Path) -> None:
+def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: str, reports: Reports) -> None:
     table = results_table(outcomes)
-    write_text(reports / "sweep.csv", table.to_csv(index=False))
+    write_text(reports.sweep_csv, table.to_csv(index=False))
     runs = {
-        o.name: {
+        o.cell.name: {
             "status": o.status,
             "run_id": o.run_id,
             "epochs": len(o.history),
@@ -278,9 +288,9 @@ def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: 
         for o in outcomes
     }
     write_json(
-        reports / "sweep.json",
+        reports.sweep_json,
         {
-            "best_run": best.name,
+            "best_run": best.cell.name,
             "best_val_accuracy": best.final.val_accuracy,
             "best_val_loss": best.final.val_loss,
             "finished_runs": _count(outcomes),
@@ -290,16 +300,16 @@ def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: 
         },
     )
     write_json(
-        reports / "best_run.json",
+        reports.best_run,
         {
-            "run_name": best.name,
+            "run_name": best.cell.name,
             "run_id": best.run_id,
             "sweep_run_id": sweep_run_id,
             "model_uri": best.model_uri,
-            "arch": best.spec.arch,
+            "arch": best.cell.arch,
             "val_accuracy": best.final.val_accuracy,
             "val_loss": best.final.val_loss,
-            "params": {k: _plain(v) for k, v in best.spec.flat_params().items()},
+            "params": {k: _plain(v) for k, v in best.cell.flat_params().items()},
             "reused_from": best.reused_from,
         },
     )
@@ -307,19 +317,19 @@ def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: 
 
 def print_summary(outcomes: list[CellOutcome], best: CellOutcome) -> None:
     table = Table(title="Sweep results (final epoch)")
-    swept_keys = list(outcomes[0].spec.swept) if outcomes else []
+    swept_keys = list(outcomes[0].cell.swept) if outcomes else []
     for column in ["run", *swept_keys, "status", "val_acc", "val_loss", "train_acc", "time_s"]:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for o in outcomes:
         f = o.final
-        cells = [str(o.index), *[str(o.spec.swept[k]) for k in swept_keys]]
+        cells = [str(o.cell.index), *[str(o.cell.swept[k]) for k in swept_keys]]
         cells.append(o.status + (" (reused)" if o.reused_from else ""))
         cells += [f"{f.val_accuracy:.4f}", f"{f.val_loss:.4f}", f"{f.accuracy:.4f}"] if f else ["-", "-", "-"]
         cells.append(f"{o.duration_s:.1f}")
         table.add_row(*cells, style="bold green" if o is best else None)
     console = Console(width=160)
     console.print(table)
-    console.print(f"best: {best.name} (val_accuracy {best.final.val_accuracy:.4f}), run id {best.run_id}")
+    console.print(f"best: {best.cell.name} (val_accuracy {best.final.val_accuracy:.4f}), run id {best.run_id}")
 
 
 def _count(outcomes: list[CellOutcome]) -> int:

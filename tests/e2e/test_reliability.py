@@ -43,20 +43,19 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT, tiny_params, write_params
-from fashion_mlops.download import download_dataset
-from fashion_mlops.manifest import load_manifest
+from fashion_mlops.data.download import download_dataset
+from fashion_mlops.data.manifest import load_manifest
+from fashion_mlops.repro_check import VOLATILE_COLUMNS
+from fashion_mlops.tracking import tags
+from helpers import VENV_BIN, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = REPO_ROOT / ".venv" / "bin" if (REPO_ROOT / ".venv" / "bin").is_dir() else Path(sys.executable).parent
 GRID = {"lr": [0.01, 0.003], "batch_size": [32, 64]}  # four cells: long enough to interrupt after the first
 # Enough epochs that the windows the interrupt tests signal in (the second cell's epochs 1..EPOCHS-1) last
 # well over the 20 ms they poll at: an epoch of the sample takes ~20 ms on a fast machine.
 EPOCHS = 10
 N_CELLS = 4
-# sweep.csv columns that depend on wall time or on which run produced them; every other column must match.
-VOLATILE_COLUMNS = ("run_id", "epoch_duration_s", "run_duration_s")
 # SGD at lr 10 with momentum 0.9 and weight decay 0.5 overflows the sample's loss to NaN within epoch 1.
 DIVERGING = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 0.5, "train.epochs": 1}
 PROCESS_TIMEOUT_S = 300
@@ -64,14 +63,8 @@ SIGNAL_WAIT_TIMEOUT_S = 240
 UNREACHABLE_LIMIT_S = 15.0
 # An interrupted sweep first finishes exporting the models of the cells it trained (a few seconds each here).
 INTERRUPT_EXIT_LIMIT_S = 60.0
-TAG_KIND = "fashion_mlops.kind"
-TAG_FAILURE = "fashion_mlops.failure"
-TAG_REUSED_FROM = "fashion_mlops.reused_from"
-TAG_MODEL_URI = "fashion_mlops.model_uri"
-TAG_TENSORBOARD = "tensorboard.dir"
-TAG_PID = "fashion_mlops.pid"
 PROGRESS = re.compile(r"sweep:\s+\d+%\|[^|]*\| (\d+)/\d+ ")
-TRACKER_NOTICE_S = 30  # the tracker process checks every second whether its sweep process is alive
+EXPORTER_NOTICE_S = 30  # the export process checks every second whether its sweep process is alive
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pth", ".pt")
 
 
@@ -242,7 +235,7 @@ def run_together(*started: Proc) -> list[Result]:
 
 CELL_RUNS = """
 SELECT COUNT(*) FROM runs r
-JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'fashion_mlops.kind' AND t.value = 'cell'
+JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = 'cell'
 """
 
 
@@ -252,7 +245,7 @@ def any_cell(db: Path) -> bool:
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as connection:
-            (count,) = connection.execute(CELL_RUNS).fetchone()
+            (count,) = connection.execute(CELL_RUNS, (tags.KIND,)).fetchone()
     except sqlite3.Error:  # the schema is still being created, or a writer holds the lock right now
         return False
     return count > 0
@@ -261,7 +254,7 @@ def any_cell(db: Path) -> bool:
 def epochs_done(proc: Proc) -> int:
     """Epochs the sweep's progress bar has counted so far (0 before it shows), read from its stderr file.
 
-    The training process's own progress, not the store's: the tracker process writes runs a little behind.
+    The training process's own progress, not the store's: a run turns FINISHED once its model is exported.
     """
     counts = PROGRESS.findall(proc.err.read_text(errors="replace")) if proc.err.exists() else []
     return int(counts[-1]) if counts else 0
@@ -294,11 +287,11 @@ def all_runs(client: MlflowClient, experiment: str) -> list[Run]:
 
 def sweeps(runs: list[Run]) -> list[Run]:
     """The sweep parent runs, oldest first."""
-    return sorted((r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"), key=lambda r: r.info.start_time)
+    return sorted((r for r in runs if r.data.tags.get(tags.KIND) == "sweep"), key=lambda r: r.info.start_time)
 
 
 def children(runs: list[Run], parent: Run) -> list[Run]:
-    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return [r for r in runs if r.data.tags.get(tags.PARENT) == parent.info.run_id]
 
 
 def running(runs: list[Run]) -> list[str]:
@@ -415,9 +408,9 @@ def test_a_diverging_cell_fails_alone_and_the_sweep_picks_the_finished_one(diver
     cells = {c.info.run_name: c for c in children(runs, parent)}
     fine, diverged = cells["run-00-lr=0.01"], cells["run-01-lr=10.0"]
     assert diverged.info.status == "FAILED"
-    failure = diverged.data.tags.get(TAG_FAILURE, "")
+    failure = diverged.data.tags.get(tags.FAILURE, "")
     assert "diverged" in failure and ("nan" in failure or "inf" in failure), failure
-    assert TAG_MODEL_URI not in diverged.data.tags
+    assert tags.MODEL_URI not in diverged.data.tags
     assert fine.info.status == "FINISHED"
     best = work.report("best_run.json")
     assert (best["run_name"], best["run_id"]) == ("run-00-lr=0.01", fine.info.run_id)
@@ -469,10 +462,10 @@ def interrupted(new_workdir) -> dict[str, Interrupted]:
     and a later one has logged an epoch (so the signal lands inside `train`), snapshot the store, then run the
     same sweep again to completion.
 
-    Runs are written by the tracker process, so a cell's run turns FINISHED a little after its training ends, by
-    when every cell of this tiny grid may be trained; waiting for a FINISHED run would let the signal land where
-    no cell is training. The tracker writes what the trained cells sent before it exits, so the rerun still has
-    FINISHED cells to reuse."""
+    A cell's run turns FINISHED once the export process has logged its model, a little after its training ends,
+    by when every cell of this tiny grid may be trained; waiting for a FINISHED run would let the signal land
+    where no cell is training. The sweep waits for the models already sent before it exits, so the rerun still
+    has FINISHED cells to reuse."""
     works = {name: new_workdir(f"interrupt-{name}") for name in INTERRUPTS}
     procs = {name: work.start("sweep") for name, work in works.items()}
     signalled: dict[str, float] = {}
@@ -521,7 +514,7 @@ def test_an_interrupted_sweep_exits_130_and_leaves_no_run_running(interrupted, s
     assert statuses.count("KILLED") == 1, statuses
     assert statuses.count("FINISHED") >= 1, statuses
     killed = next(c for c in children(case.after_signal, parent) if c.info.status == "KILLED")
-    assert killed.data.tags.get(TAG_FAILURE) == "interrupted"
+    assert killed.data.tags.get(tags.FAILURE) == "interrupted"
     assert case.reports_after_signal == [], f"an interrupted sweep wrote reports: {case.reports_after_signal}"
 
 
@@ -531,7 +524,7 @@ def test_an_interrupted_runs_tensorboard_events_are_flushed(interrupted, signame
     client = case.work.client()
     (parent,) = sweeps(case.after_signal)
     for child in children(case.after_signal, parent):
-        directory = Path(child.data.tags[TAG_TENSORBOARD])
+        directory = Path(child.data.tags[tags.TENSORBOARD])
         assert list(directory.glob("events.out.tfevents.*")), f"{child.info.run_name}: no event file"
         events = load_events(directory)
         logged = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
@@ -558,7 +551,7 @@ def test_rerunning_an_interrupted_sweep_reuses_finished_cells_and_matches_an_uni
     new_cells = children(runs, new)
     assert new.info.status == "FINISHED" and len(new_cells) == N_CELLS
     assert all(c.info.status == "FINISHED" for c in new_cells)
-    reused = {c.data.tags[TAG_REUSED_FROM] for c in new_cells if TAG_REUSED_FROM in c.data.tags}
+    reused = {c.data.tags[tags.REUSED_FROM] for c in new_cells if tags.REUSED_FROM in c.data.tags}
     assert reused == finished_before
     assert case.rerun.stdout.count("(reused)") == len(finished_before), case.rerun.stdout
     assert stable_rows(case.work.reports / "sweep.csv") == stable_rows(reference.first.reports / "sweep.csv")
@@ -575,7 +568,7 @@ def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker
     # it was shorter than one drain, and CI once saw the count jump from 0 past the window.
     mid_sweep = lambda: 0 < epochs_done(proc) <= epochs  # noqa: E731
     wait_until(mid_sweep, [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
-    workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the tracker process
+    workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the export process
 
     proc.popen.send_signal(signal.SIGTERM)
     result = proc.wait(timeout=120)
@@ -608,8 +601,8 @@ def test_sigterm_just_after_a_cell_run_is_created_leaves_no_run_running(new_work
         f"RUNNING after SIGTERM: {running(runs)}; the cell had logged params: {[bool(c.data.params) for c in cells]}"
     )
     assert parent.info.status == "KILLED"
-    # the store trails training a little (the tracker process writes it), so the one epoch may have ended
-    # before the signal: then the cell is FINISHED with its final metrics, otherwise KILLED
+    # the one epoch may have ended before the signal: then the cell is FINISHED with its final metrics (its model
+    # exported before the sweep exits), otherwise KILLED
     (cell,) = cells
     trained = "final_val_accuracy" in cell.data.metrics
     assert cell.info.status == ("FINISHED" if trained else "KILLED"), (cell.info.status, cell.data.metrics)
@@ -618,7 +611,7 @@ def test_sigterm_just_after_a_cell_run_is_created_leaves_no_run_running(new_work
 # --- 3. SIGKILL -----------------------------------------------------------------------------------------------
 
 
-def test_when_the_sweep_process_is_sigkilled_its_tracker_process_ends_the_runs_killed(new_workdir) -> None:
+def test_when_the_sweep_process_is_sigkilled_its_export_process_ends_the_runs_killed(new_workdir) -> None:
     work = new_workdir("sigkill-main", **{"sweep.grid": {"lr": [0.01]}, "train.epochs": 1})
     proc = work.start("sweep")
     wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S)
@@ -627,15 +620,15 @@ def test_when_the_sweep_process_is_sigkilled_its_tracker_process_ends_the_runs_k
     assert proc.wait().returncode == -signal.SIGKILL
     client = work.client()
     wait_until(
-        lambda: not running(all_runs(client, work.experiment)), [], "the tracker ending the runs", TRACKER_NOTICE_S
+        lambda: not running(all_runs(client, work.experiment)), [], "the exporter ending the runs", EXPORTER_NOTICE_S
     )
 
     runs = all_runs(client, work.experiment)
     (parent,) = sweeps(runs)
     for run in [parent, *children(runs, parent)]:
         assert run.info.status == "KILLED", run.info.run_name
-        assert f"sweep process {proc.pid} died" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags
-    assert not tracker_processes_of(proc.pid), "the tracker process outlived its sweep"
+        assert f"sweep process {proc.pid} died" in run.data.tags.get(tags.FAILURE, ""), run.data.tags
+    assert not child_processes_of(proc.pid), "the export process outlived its sweep"
 
 
 def test_runs_left_running_when_the_whole_process_group_is_sigkilled_are_marked_killed_by_the_next_sweep(
@@ -645,8 +638,8 @@ def test_runs_left_running_when_the_whole_process_group_is_sigkilled_are_marked_
     proc = work.start("sweep")
     wait_until(lambda: any_cell(work.db), [proc], "a cell run", SIGNAL_WAIT_TIMEOUT_S)
 
-    trackers = tracker_processes_of(proc.pid)
-    for pid in [proc.pid, *trackers]:
+    helpers = child_processes_of(proc.pid)
+    for pid in [proc.pid, *helpers]:
         os.kill(pid, signal.SIGKILL)
     assert proc.wait().returncode == -signal.SIGKILL
     client = work.client()
@@ -660,16 +653,16 @@ def test_runs_left_running_when_the_whole_process_group_is_sigkilled_are_marked_
     old, new = sweeps(runs)
     for run in [old, *children(runs, old)]:
         assert run.info.status == "KILLED", run.info.run_name
-        owner = run.data.tags[TAG_PID]
-        assert int(owner) in trackers, f"runs are owned by the tracker process {trackers}, not {owner}"
-        assert f"process {owner}" in run.data.tags.get(TAG_FAILURE, ""), run.data.tags.get(TAG_FAILURE)
-        assert "died" in run.data.tags[TAG_FAILURE]
+        owner = run.data.tags[tags.PID]
+        assert int(owner) == proc.pid, f"runs are owned by the sweep process {proc.pid}, not {owner}"
+        assert f"process {owner}" in run.data.tags.get(tags.FAILURE, ""), run.data.tags.get(tags.FAILURE)
+        assert "died" in run.data.tags[tags.FAILURE]
     assert new.info.status == "FINISHED"
     assert [c.info.status for c in children(runs, new)] == ["FINISHED"]
 
 
-def tracker_processes_of(pid: int) -> list[int]:
-    """The pids of `pid`'s child processes (the sweep's tracker process), from /proc."""
+def child_processes_of(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes (the sweep's export process), from /proc."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -721,7 +714,7 @@ def write_best_run(work: Workdir, run: Run, model_uri: str, val_accuracy: float,
     best = {
         "run_name": run.info.run_name,
         "run_id": run.info.run_id,
-        "sweep_run_id": run.data.tags.get("mlflow.parentRunId"),
+        "sweep_run_id": run.data.tags.get(tags.PARENT),
         "model_uri": model_uri,
         "arch": "simple_cnn",
         "val_accuracy": val_accuracy,
@@ -809,7 +802,7 @@ def test_two_evaluations_racing_on_one_store_both_register_and_the_better_holds_
     for name in sorted(cells)[:2]:
         run = client.get_run(cells[name]["run_id"])
         work = sharing_store(new_workdir, f"race-{name[:6]}", store, **{"registry.model_name": "race-cnn"})
-        write_best_run(work, run, run.data.tags[TAG_MODEL_URI], cells[name]["val_accuracy"], cells[name]["val_loss"])
+        write_best_run(work, run, run.data.tags[tags.MODEL_URI], cells[name]["val_accuracy"], cells[name]["val_loss"])
         contenders.append(work)
 
     results = run_together(*(work.start("evaluate") for work in contenders))
@@ -864,7 +857,7 @@ def test_a_tampered_pt2_model_is_refused_by_the_projects_loader_without_running_
     unpickle, so MLflow's plain loader runs code planted there; evaluate's loader must refuse it."""
     import torch
 
-    from fashion_mlops.evaluate import load_logged_model
+    from fashion_mlops.tracking.registry import load_logged_model
 
     _, files = logged_model_files(reference)
     model_dir = tmp_path / "model"
@@ -896,8 +889,8 @@ def test_a_tampered_pt2_model_is_refused_by_the_projects_loader_without_running_
 def test_the_logged_model_loads_and_scores_what_evaluate_measured(reference: Reference, registry_steps) -> None:
     import torch
 
-    from fashion_mlops.datasets import load_split
-    from fashion_mlops.engine import predict_logits
+    from fashion_mlops.data.splits import load_split
+    from fashion_mlops.train import predict_logits
 
     torch.set_num_threads(1)
     uri, _ = logged_model_files(reference)
@@ -1033,7 +1026,7 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_noth
 
 
 def test_a_tracking_write_that_fails_mid_sweep_stops_it_with_one_line_and_no_run_left_running(new_workdir) -> None:
-    """The model's artifact directory cannot be created (a file stands in the way): the tracker process fails
+    """The model's artifact directory cannot be created (a file stands in the way): the export process fails
     on the first model, the training process stops at its next check, nothing is left RUNNING, no reports."""
     work = new_workdir("tracking-fails", **{"sweep.grid": {"lr": [0.01, 0.001]}, "train.epochs": 2})
     blocker = work.root / "not-a-directory"
@@ -1046,11 +1039,11 @@ def test_a_tracking_write_that_fails_mid_sweep_stops_it_with_one_line_and_no_run
     assert result.returncode == 1, result.describe()
     assert "Traceback" not in result.stderr, result.stderr
     errors = result.error_lines()
-    assert len(errors) == 1 and "tracker process failed" in errors[0], result.stderr
+    assert len(errors) == 1 and "model export process failed" in errors[0], result.stderr
     assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
     runs = all_runs(work.client(), work.experiment)
     assert not running(runs), f"RUNNING after a tracking failure: {running(runs)}"
     (parent,) = sweeps(runs)
     assert parent.info.status == "FAILED"
     first, *_ = sorted(children(runs, parent), key=lambda run: run.info.run_name)
-    assert first.info.status == "FAILED" and "tracking failed" in first.data.tags[TAG_FAILURE], first.data.tags
+    assert first.info.status == "FAILED" and "tracking failed" in first.data.tags[tags.FAILURE], first.data.tags

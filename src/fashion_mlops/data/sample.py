@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_mlops.idx import encode_idx
-from fashion_mlops.manifest import ROLES
+from fashion_mlops.data.idx import encode_idx
+from fashion_mlops.data.manifest import ROLES
 
 SIDE = 28
 FILE_NAMES = {

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_mlops.datasets import load_split
-from fashion_mlops.idx import IdxFormatError, encode_idx, parse_idx, read_idx
-from fashion_mlops.manifest import load_manifest
-from fashion_mlops.sample import write_sample_dataset
+from fashion_mlops.data.idx import IdxFormatError, encode_idx, parse_idx, read_idx
+from fashion_mlops.data.manifest import load_manifest
+from fashion_mlops.data.sample import write_sample_dataset
+from fashion_mlops.data.splits import load_split
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from fashion_mlops.cli import USAGE_ERROR, main
-from fashion_mlops.config import ConfigError, Params, TrainConfig, load_params
-from fashion_mlops.grid import expand_grid
+from fashion_mlops.config import Params, TrainConfig, expand_grid, load_params
+from fashion_mlops.errors import ConfigError
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL_GRID = {"lr": [0.01, 0.001], "batch_size": [100, 1000], "shuffle": [True, False]}
 
 

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from fashion_mlops.manifest import ExpectedFile, Manifest
+from fashion_mlops.data.manifest import ExpectedFile, Manifest
+from fashion_mlops.errors import DownloadError
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -29,10 +30,6 @@ HOW_TO_GET_DATA = (
 
 class FetchFailed(Exception):
     """One source could not provide one verified file."""
-
-
-class DownloadError(RuntimeError):
-    """No source could provide a file; the message says what was tried and how to get the data."""
 
 
 def download_dataset(manifest: Manifest, sources: list[str], dest: Path, timeout_s: float = 30.0) -> list[str]:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 
-from fashion_mlops.config import RunSpec, TrainConfig
-from fashion_mlops.datasets import Splits, load_split, train_val_split
-from fashion_mlops.engine import EpochResult, TrainingDiverged, augment, evaluate, predict_logits, train
-from fashion_mlops.manifest import load_manifest
+from fashion_mlops.config import TrainConfig
+from fashion_mlops.data.manifest import load_manifest
+from fashion_mlops.data.sample import write_sample_dataset
+from fashion_mlops.data.splits import Splits, load_split, train_val_split
 from fashion_mlops.models import build_model
-from fashion_mlops.sample import write_sample_dataset
-from fashion_mlops.sweep import CellOutcome, NoFinishedRuns, select_best
+from fashion_mlops.train import EpochResult, TrainingDiverged, augment, evaluate, predict_logits, train
 
 CPU = torch.device("cpu")
 
@@ -164,61 +161,3 @@ def test_evaluate_batches_do_not_change_the_result(tiny_splits):
 
 
 # select_best -------------------------------------------------------------------------------------------------------
-
-
-def outcome(index: int, status: str, val_accuracies: list[float], val_loss: float = 0.5) -> CellOutcome:
-    history = [
-        EpochResult(
-            epoch=e + 1, loss=1.0, accuracy=0.5, val_loss=val_loss, val_accuracy=acc, lr=0.01, epoch_duration_s=1.0
-        )
-        for e, acc in enumerate(val_accuracies)
-    ]
-    spec = RunSpec(arch="simple_cnn", train=TrainConfig(), swept={"lr": index})
-    return CellOutcome(index=index, name=f"run-{index:02d}", spec=spec, status=status, history=history, failure=None)
-
-
-def test_select_best_picks_the_highest_final_validation_accuracy():
-    outcomes = [
-        outcome(0, "FINISHED", [0.5, 0.6]),
-        outcome(1, "FINISHED", [0.9, 0.7]),  # best earlier epoch, but the final epoch is what counts
-        outcome(2, "FINISHED", [0.4, 0.8]),
-    ]
-
-    assert select_best(outcomes).index == 2
-
-
-def test_select_best_ignores_failed_cells_even_with_higher_accuracy():
-    failed = outcome(0, "FAILED", [0.99])
-    failed.failure = "diverged"
-    outcomes = [failed, outcome(1, "FINISHED", [0.6]), outcome(2, "FINISHED", [0.7])]
-
-    assert select_best(outcomes).index == 2
-
-
-@pytest.mark.parametrize("status", ["PENDING", "RUNNING", "KILLED"])
-def test_select_best_ignores_cells_that_never_finished(status):
-    outcomes = [outcome(0, status, [0.99]), outcome(1, "FINISHED", [0.2])]
-
-    assert select_best(outcomes).index == 1
-
-
-def test_select_best_breaks_accuracy_ties_by_lower_validation_loss_then_earlier_cell():
-    outcomes = [
-        outcome(0, "FINISHED", [0.8], val_loss=0.4),
-        outcome(1, "FINISHED", [0.8], val_loss=0.3),
-        outcome(2, "FINISHED", [0.8], val_loss=0.3),
-    ]
-
-    assert select_best(outcomes).index == 1
-
-
-def test_select_best_raises_no_finished_runs_when_every_cell_failed():
-    outcomes = [dataclasses.replace(outcome(i, "FAILED", [0.9]), failure=f"diverged #{i}") for i in range(2)]
-
-    with pytest.raises(NoFinishedRuns, match=r"run-00: diverged #0.*run-01: diverged #1"):
-        select_best(outcomes)
-
-
-def test_select_best_raises_no_finished_runs_for_an_empty_sweep():
-    with pytest.raises(NoFinishedRuns):
-        select_best([])

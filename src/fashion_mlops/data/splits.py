@@ -9,12 +9,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from fashion_mlops.idx import read_idx
-from fashion_mlops.manifest import Manifest
-
-
-class DataError(RuntimeError):
-    """The data on disk does not fit what the run asks of it."""
+from fashion_mlops.data.idx import read_idx
+from fashion_mlops.data.manifest import Manifest
+from fashion_mlops.errors import DataError
 
 
 @dataclass(frozen=True)

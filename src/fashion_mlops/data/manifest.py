@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_mlops.errors import ManifestError
+
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
@@ -36,10 +38,6 @@ class Manifest:
 
         joined = "".join(f.sha256 for f in self.files)
         return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-
-class ManifestError(ValueError):
-    """The manifest file is missing or malformed."""
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import REPO_ROOT, tiny_params, write_params
+from fashion_mlops.tracking import tags
+from helpers import REPO_ROOT, VENV_BIN, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,6 @@ STAGES = ("download", "train_sweep", "evaluate")
 # What `dvc repro` needs from the project; generated state (.venv, mlflow.db, mlruns, runs, data, reports) stays out.
 PROJECT_FILES = ("dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("datasets", "src")
-VENV_BIN = REPO_ROOT / ".venv" / "bin" if (REPO_ROOT / ".venv" / "bin").is_dir() else Path(sys.executable).parent
 COMMAND_TIMEOUT_S = 900
 
 
@@ -139,10 +138,10 @@ def sweep_runs(pipeline: Pipeline) -> tuple[Any, list[Any]]:
     """(the sweep's parent run, its child runs) as recorded right after the first `dvc repro`."""
     client = pipeline.client()
     runs = all_runs(client)
-    parents = [r for r in runs if r.data.tags.get("fashion_mlops.kind") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(tags.KIND) == "sweep"]
     assert len(parents) == 1, f"expected one sweep parent run, got {len(parents)}"
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get(tags.PARENT) == parent.info.run_id]
     return parent, children
 
 
@@ -202,7 +201,7 @@ def test_sweep_is_one_finished_parent_run_with_one_child_per_grid_cell(pipeline:
     assert parent.info.status == "FINISHED"
     assert len(children) == N_RUNS, f"expected {N_RUNS} child runs of the sweep, found {len(children)}"
     assert all(child.info.status == "FINISHED" for child in children)
-    assert all(child.data.tags.get("fashion_mlops.kind") == "cell" for child in children)
+    assert all(child.data.tags.get(tags.KIND) == "cell" for child in children)
     swept = sorted((float(c.data.params["lr"]), int(c.data.params["batch_size"])) for c in children)
     assert swept == sorted(itertools.product(GRID["lr"], GRID["batch_size"]))
     assert parent.data.tags.get("best_run_id") in {c.info.run_id for c in children}
@@ -250,7 +249,7 @@ def test_every_run_is_tagged_with_git_commit_params_digest_and_tensorboard_dir(p
         assert tags.get("mlflow.source.git.commit") == commit, run.info.run_name
         assert tags.get("dvc.params_sha256") == params_sha256, run.info.run_name
     for child in children:
-        assert child.data.tags.get("tensorboard.dir"), child.info.run_name
+        assert child.data.tags.get(tags.TENSORBOARD), child.info.run_name
 
 
 def test_every_child_run_records_its_training_dataset(pipeline: Pipeline, sweep_runs) -> None:
@@ -267,7 +266,7 @@ def test_every_child_run_records_its_training_dataset(pipeline: Pipeline, sweep_
 def test_every_child_run_logs_a_model(pipeline: Pipeline, sweep_runs) -> None:
     client = pipeline.client()
     for child in sweep_runs[1]:
-        uri = child.data.tags.get("fashion_mlops.model_uri")
+        uri = child.data.tags.get(tags.MODEL_URI)
         assert uri and uri.startswith("models:/"), child.info.run_name
         model = client.get_logged_model(uri.removeprefix("models:/"))
         assert model.source_run_id == child.info.run_id
@@ -303,7 +302,7 @@ def load_events(directory: Path) -> event_accumulator.EventAccumulator:
 
 
 def test_every_child_run_writes_scalars_histograms_images_graph_and_hparams(pipeline: Pipeline, sweep_runs) -> None:
-    directories = {(pipeline.root / c.data.tags["tensorboard.dir"]).resolve() for c in sweep_runs[1]}
+    directories = {(pipeline.root / c.data.tags[tags.TENSORBOARD]).resolve() for c in sweep_runs[1]}
     assert len(directories) == N_RUNS, "child runs share a TensorBoard directory"
     for directory in directories:
         assert directory.is_dir(), directory

@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,14 +14,34 @@ from torch import nn
 
 from fashion_mlops import interrupts
 from fashion_mlops.config import TrainConfig
-from fashion_mlops.datasets import Split, Splits
-from fashion_mlops.results import EpochResult
+from fashion_mlops.data.splits import Split, Splits
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs that catch a NaN/inf loss early
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch measured. A new per-epoch metric is a field here, filled in `train`: MLflow, TensorBoard
+    (under `tracking.tensorboard.SCALARS`, if it should appear there too) and reports/sweep.csv pick it up."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    epoch_duration_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls.__dataclass_fields__ if name != "epoch")
 
 
 EpochCallback = Callable[[EpochResult, nn.Module], None]
@@ -165,7 +186,7 @@ def train(
             if step % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(loss_sum, epoch, step)
         _check_finite(loss_sum, epoch, steps_per_epoch)
-        with autocast:  # validation in the precision the model trains in (bf16: half the time of fp32 on CPU)
+        with autocast:  # validation in the precision the model trains in: bf16 halves its time where it pays
             val_loss, val_accuracy = evaluate(model, val_split, channels_last=channels_last)
         result = EpochResult(
             epoch=epoch,

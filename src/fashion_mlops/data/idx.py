@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_mlops.errors import IdxFormatError
+
 UBYTE = 0x08
-
-
-class IdxFormatError(ValueError):
-    """The bytes are not a valid unsigned-byte IDX file."""
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.error
@@ -14,7 +15,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from fashion_mlops.config import Params
-from fashion_mlops.tracking_errors import TrackingUnavailable
+from fashion_mlops.errors import TrackingUnavailable
+from fashion_mlops.tracking import tags
 
 REACHABILITY_TIMEOUT_S = 5.0
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -41,25 +43,34 @@ def check_reachable(uri: str) -> None:
 
 
 def connect(params: Params) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the store and make sure the experiment exists, marked as model training; returns its id."""
     uri = tracking_uri(params)
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        Path(sqlite_path(uri)).parent.mkdir(parents=True, exist_ok=True)
-        _wait_when_sqlite_is_busy()
-    mlflow.set_tracking_uri(uri)
+    open_store(params)
     client = mlflow.MlflowClient()
     name = params.tracking.experiment
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):
-        location = Path(params.tracking.artifact_location).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another process created it first
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = Path(params.tracking.artifact_location).resolve().as_uri()
+        with contextlib.suppress(MlflowException):  # another process created it first
+            client.create_experiment(name, artifact_location=location)
+        experiment = client.get_experiment_by_name(name)
+    # without a kind, MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) instead of the runs
+    if experiment.tags.get(tags.EXPERIMENT_KIND) != tags.MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, tags.EXPERIMENT_KIND, tags.MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def open_store(params: Params) -> None:
+    """Point this process's MLflow at the store (each process that writes runs does this once)."""
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        Path(sqlite_path(uri)).parent.mkdir(parents=True, exist_ok=True)
+        _wait_when_sqlite_is_busy()
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
 
 
 def metric_batch(values: dict[str, float], step: int) -> list[Metric]:

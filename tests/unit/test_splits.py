@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_mlops.datasets import DataError, Split, train_val_split
+from fashion_mlops.data.splits import Split, train_val_split
+from fashion_mlops.errors import DataError
 
 
 def balanced_pool(per_class: int = 30, classes: int = 10, seed: int = 0) -> Split:

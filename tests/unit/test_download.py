@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fashion_mlops.download import DownloadError, download_dataset
-from fashion_mlops.idx import read_idx
-from fashion_mlops.manifest import Manifest, load_manifest
-from fashion_mlops.sample import FILE_NAMES, write_sample_dataset
+from fashion_mlops.data.download import DownloadError, download_dataset
+from fashion_mlops.data.idx import read_idx
+from fashion_mlops.data.manifest import Manifest, load_manifest
+from fashion_mlops.data.sample import FILE_NAMES, write_sample_dataset
 
 BROKEN_ROLE = "test_images"  # third of the four files: two good files are fetched before it
 BROKEN = FILE_NAMES[BROKEN_ROLE]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fashion_mlops.config import Params, TrainConfig
-from fashion_mlops.grid import cell_name, expand_grid
+from fashion_mlops.config import Params, TrainConfig, cell_name, expand_grid
 
 
 def params_with(grid: dict, **train) -> Params:

@@ -1,0 +1,16 @@
+"""The MLflow tags this project writes: how users' scripts, the UI and the tests find one run from another."""
+
+from __future__ import annotations
+
+KIND = "fashion_mlops.kind"  # "sweep" on a parent run, "cell" on each grid cell's child run
+SWEEP = "fashion_mlops.sweep_run_id"  # a child run's parent, also as mlflow.parentRunId
+FINGERPRINT = "fashion_mlops.fingerprint"  # what makes two runs' results equal: params, data, code (resume)
+TENSORBOARD = "tensorboard.dir"  # the run's TensorBoard event directory
+MODEL_URI = "fashion_mlops.model_uri"  # the run's logged model, set once it is exported
+REUSED_FROM = "fashion_mlops.reused_from"  # the earlier identical run whose results a resumed cell took
+FAILURE = "fashion_mlops.failure"  # why a run ended FAILED or KILLED
+HOST = "fashion_mlops.host"  # the host and process that own a RUNNING run, so a later sweep can tell
+PID = "fashion_mlops.pid"  # a live run from one whose process died
+PARENT = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens the experiment in the view this names
+MODEL_TRAINING = "custom_model_development"
