@@ -245,9 +245,8 @@ def test_every_run_is_tagged_with_git_commit_params_digest_and_tensorboard_dir(p
     commit = head_commit(pipeline)
     params_sha256 = hashlib.sha256((pipeline.root / "params.yaml").read_bytes()).hexdigest()
     for run in [parent, *children]:
-        tags = run.data.tags
-        assert tags.get("mlflow.source.git.commit") == commit, run.info.run_name
-        assert tags.get("dvc.params_sha256") == params_sha256, run.info.run_name
+        assert run.data.tags.get("mlflow.source.git.commit") == commit, run.info.run_name
+        assert run.data.tags.get("dvc.params_sha256") == params_sha256, run.info.run_name
     for child in children:
         assert child.data.tags.get(tags.TENSORBOARD), child.info.run_name
 
@@ -308,14 +307,14 @@ def test_every_child_run_writes_scalars_histograms_images_graph_and_hparams(pipe
         assert directory.is_dir(), directory
         assert (pipeline.root / "runs") in directory.parents, f"{directory} is outside tracking.tensorboard_dir"
         events = load_events(directory)
-        tags = events.Tags()
+        event_tags = events.Tags()
         for scalar in ("loss/train", "loss/val", "accuracy/train", "accuracy/val"):
-            assert scalar in tags["scalars"], (directory, scalar)
+            assert scalar in event_tags["scalars"], (directory, scalar)
             assert [e.step for e in events.Scalars(scalar)] == list(range(1, EPOCHS + 1)), (directory, scalar)
-        assert any(t.startswith("weights/") for t in tags["histograms"]), directory
-        assert any(t.startswith("gradients/") for t in tags["histograms"]), directory
-        assert "samples/train" in tags["images"], directory
-        assert tags["graph"], f"{directory} has no graph"
+        assert any(t.startswith("weights/") for t in event_tags["histograms"]), directory
+        assert any(t.startswith("gradients/") for t in event_tags["histograms"]), directory
+        assert "samples/train" in event_tags["images"], directory
+        assert event_tags["graph"], f"{directory} has no graph"
         assert events.PluginTagToContent("hparams"), f"{directory} has no HParams data"
 
 

@@ -11,7 +11,16 @@ from fashion_mlops.data.manifest import load_manifest
 from fashion_mlops.data.sample import write_sample_dataset
 from fashion_mlops.data.splits import Splits, load_split, train_val_split
 from fashion_mlops.models import build_model
-from fashion_mlops.train import EpochResult, TrainingDiverged, augment, evaluate, predict_logits, train
+from fashion_mlops.train import (
+    EpochResult,
+    TrainingDiverged,
+    augment,
+    evaluate,
+    pick_device,
+    predict_logits,
+    train,
+    uses_bf16,
+)
 
 CPU = torch.device("cpu")
 
@@ -161,3 +170,12 @@ def test_evaluate_batches_do_not_change_the_result(tiny_splits):
 
 
 # select_best -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_in_bf16_learns_and_reports_the_cuda_device(tiny_splits):
+    device = pick_device("auto")
+    history = train(fresh_model("vgg_bn_small"), tiny_splits, tiny_config(epochs=3, device="auto"), device)
+
+    assert device.type == "cuda" and uses_bf16("auto", device)
+    assert history[-1].val_accuracy > 0.5

@@ -1,11 +1,9 @@
 """The model export process: logs each trained model as an MLflow pt2 model, then ends its run FINISHED.
 
-Exporting runs torch.export, which is slow and switches oneDNN off process-wide while it traces, so it happens in
-this helper process and never beside training. The sweep command starts it before it imports torch, so that the
-store's set-up (a new SQLite store migrates its schema) and this process's imports overlap the sweep's own. The
-training side (the sweep process and its workers) puts one `Export` on the inbox per trained cell; the run stays
-RUNNING until its model is logged, so a FINISHED run always has a model. If the sweep process dies, this process
-ends the runs that its dead processes left RUNNING as KILLED.
+torch.export is slow and switches oneDNN off process-wide while it traces, so it runs here, never beside training.
+The sweep command starts this process before it imports torch, so that setting up the store (a new SQLite store
+migrates its schema) overlaps the sweep's own start-up. Until its model is logged a run stays RUNNING: a FINISHED
+run always has a model. If the sweep process dies, this process ends the runs its dead processes left RUNNING.
 """
 
 from __future__ import annotations
@@ -31,9 +29,7 @@ if TYPE_CHECKING:
 
     from fashion_mlops.config import Params
 
-MODEL_NAME = "model"
-NICENESS = 19  # writing waits for the CPU time training leaves: it must not take cores mid-step
-PARENT_CHECK_S = 1.0
+NICENESS = 19  # exporting waits for the CPU time training leaves: it must not take cores mid-step
 POLL_S = 0.1
 CLOSE_TIMEOUT_S = 300.0  # how long ending the sweep waits for the models already sent
 
@@ -42,29 +38,23 @@ CLOSE_TIMEOUT_S = 300.0  # how long ending the sweep waits for the models alread
 class Export:
     run_id: str
     arch: str
-    weights: dict[str, np.ndarray]  # the trained state_dict on CPU
-    example_images: np.ndarray  # uint8 N x 1 x 28 x 28, N > 1: torch.export specialises a batch of one
+    weights: dict[str, np.ndarray]  # the trained state_dict, copied to CPU
+    example_images: np.ndarray  # uint8 N x 1 x 28 x 28, N > 1: torch.export fixes a batch of one
 
 
 @dataclass(frozen=True)
-class Exported:
-    run_id: str
-    model_uri: str
+class Reply:
+    """Connected (`experiment_id`), one model logged (`run_id`, `model_uri`) or a failure (`failure`)."""
 
-
-@dataclass(frozen=True)
-class ExportFailed:
-    message: str
-    unavailable: bool = False  # the tracking server did not answer
-
-
-@dataclass(frozen=True)
-class Connected:
-    experiment_id: str
+    experiment_id: str | None = None
+    run_id: str | None = None
+    model_uri: str | None = None
+    failure: str | None = None
+    unavailable: bool = False  # the failure: the tracking server did not answer
 
 
 def request(inbox: Any, run_id: str, arch: str, model: nn.Module, example_images: Any) -> None:
-    """Queue `model` for export into `run_id` (copies of its weights, so training may go on with the tensors)."""
+    """Queue `model` for export into `run_id` (a copy of its weights: training may go on with the tensors)."""
     weights = {k: v.detach().to("cpu", copy=True).contiguous().numpy() for k, v in model.state_dict().items()}
     inbox.put(Export(run_id, arch, weights, np.ascontiguousarray(example_images.cpu().numpy())))
 
@@ -82,35 +72,28 @@ class ModelExporter:
         self.inbox, self.replies = context.Queue(), context.Queue()
         self.model_uris: dict[str, str] = {}
         self.failure: str | None = None
-        self.process = context.Process(
-            target=_serve, args=(params, self.inbox, self.replies), name="fashion-mlops-exporter"
-        )
-        self.process.start()
         self.closed = False
+        self.process = context.Process(target=_serve, args=(params, self.inbox, self.replies), name="exporter")
+        self.process.start()
 
     def connected(self) -> str:
-        """Wait until the process has connected to the store (and created it); returns the experiment id."""
+        """Wait until the process has connected to the store (creating it); returns the experiment id."""
         while True:
             interrupts.check()
-            try:
+            with contextlib.suppress(queue.Empty):
                 reply = self.replies.get(timeout=POLL_S)
-            except queue.Empty:
-                self.check()
-                continue
-            if isinstance(reply, Connected):
-                return reply.experiment_id
-            if isinstance(reply, ExportFailed) and reply.unavailable:
-                raise TrackingUnavailable(reply.message)
-            self._take(reply)
+                if reply.experiment_id is not None:
+                    return reply.experiment_id
+                if reply.unavailable:
+                    raise TrackingUnavailable(reply.failure)
+                self._take(reply)
             self.check()
 
     def check(self) -> None:
-        """Collect finished exports; raise TrackingFailed if an export failed or the process died."""
-        while True:
-            try:
+        """Collect logged models; raise TrackingFailed if an export failed or the process died."""
+        with contextlib.suppress(queue.Empty):
+            while True:
                 self._take(self.replies.get_nowait())
-            except queue.Empty:
-                break
         if self.failure is not None:
             raise TrackingFailed(f"the model export process failed: {self.failure}")
         if not self.closed and not self.process.is_alive():
@@ -131,10 +114,10 @@ class ModelExporter:
         self.check()
         return self.model_uris
 
-    def _take(self, reply: Exported | ExportFailed) -> None:
-        if isinstance(reply, ExportFailed):
-            self.failure = self.failure or reply.message
-        else:
+    def _take(self, reply: Reply) -> None:
+        if reply.failure is not None:
+            self.failure = self.failure or reply.failure
+        elif reply.run_id is not None:
             self.model_uris[reply.run_id] = reply.model_uri
 
 
@@ -142,13 +125,12 @@ def log_model(run_id: str, model: nn.Module, example_images: np.ndarray) -> str:
     """Log `model` (on CPU, eval mode) into `run_id` as an MLflow pt2 model with signature and input example."""
     import mlflow
 
-    example = example_images.astype(np.float32) / 255.0
     mlflow.start_run(run_id=run_id)
     try:
         return mlflow.pytorch.log_model(
             model.to("cpu").eval(),
-            name=MODEL_NAME,
-            input_example=example,
+            name="model",
+            input_example=example_images.astype(np.float32) / 255.0,
             serialization_format="pt2",
             pip_requirements=[f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"],
             # the signature comes from the example already; replaying it as a serving request reloads the model
@@ -174,38 +156,46 @@ def _serve(params: Params, inbox: Any, replies: Any) -> None:
         os.nice(NICENESS)
     died = threading.Event()
     threading.Thread(target=_watch_sweep_process, args=(died,), daemon=True).start()
-    from fashion_mlops.tracking.store import connect
-
+    experiment_id = None
     try:
-        experiment_id = connect(params)
-    except Exception as error:  # reported as one line by the sweep process
-        replies.put(ExportFailed(str(error), unavailable=isinstance(error, TrackingUnavailable)))
-        return
-    replies.put(Connected(experiment_id))
-    # the first export's imports are slow: a thread does them while the first cell trains, and a sweep with
-    # nothing to export (every cell reused) does not wait for them
-    threading.Thread(target=_warm_up, daemon=True).start()
-    from fashion_mlops.tracking.runs import end_run, reap_orphaned_runs
+        from fashion_mlops.tracking.store import connect
+
+        try:
+            experiment_id = connect(params)
+        except Exception as error:  # reported as one line by the sweep process
+            replies.put(Reply(failure=str(error), unavailable=isinstance(error, TrackingUnavailable)))
+            return
+        replies.put(Reply(experiment_id=experiment_id))
+        # the first export's imports are slow: a thread does them while the first cell trains, and a sweep with
+        # nothing to export (every cell reused) does not wait for them
+        threading.Thread(target=_warm_up, daemon=True).start()
+        _export_until_done(inbox, replies)
+    except _Stopped:
+        if died.is_set() and experiment_id is not None:
+            from fashion_mlops.tracking.runs import reap_orphaned_runs
+
+            reap_orphaned_runs(experiment_id)
+    finally:
+        replies.close()
+        replies.join_thread()
+        os._exit(0)  # skip torch's and MLflow's interpreter teardown: every write above is committed
+
+
+def _export_until_done(inbox: Any, replies: Any) -> None:
+    from fashion_mlops.tracking.runs import end_run
 
     failure = None
-    try:
-        while (message := inbox.get()) is not None:
+    while (message := inbox.get()) is not None:
+        try:
             if failure is not None:  # the sweep stops at its next check; nothing more is exported
-                end_run(message.run_id, "FAILED", f"tracking failed: {failure}")
-                continue
-            try:
-                replies.put(Exported(message.run_id, _export(message)))
-            except Exception as error:  # reported once, as one line, to the sweep process
+                raise TrackingFailed(failure)
+            replies.put(Reply(run_id=message.run_id, model_uri=_export(message)))
+        except Exception as error:  # reported once, as one line, to the sweep process
+            if failure is None:
                 failure = f"{type(error).__name__}: {error}"
-                replies.put(ExportFailed(failure))
-                with contextlib.suppress(Exception):
-                    end_run(message.run_id, "FAILED", f"tracking failed: {failure}")
-    except _Stopped:
-        if died.is_set():
-            reap_orphaned_runs(experiment_id)
-    replies.close()
-    replies.join_thread()
-    os._exit(0)  # skip torch's and MLflow's interpreter teardown: every write above is committed
+                replies.put(Reply(failure=failure))
+            with contextlib.suppress(Exception):
+                end_run(message.run_id, "FAILED", f"tracking failed: {failure}")
 
 
 def _warm_up() -> None:
@@ -232,10 +222,10 @@ def _export(message: Export) -> str:
 
 
 def _watch_sweep_process(died: threading.Event) -> None:
-    """If the sweep process ends before the sweep does, stop this process's main thread with a signal (a flag
-    would not interrupt a read blocked on a half-sent message)."""
+    """If the sweep process ends first, stop this process's main thread with a signal (a flag would not
+    interrupt a read blocked on a half-sent message)."""
     parent = mp.parent_process()
     while parent is not None and parent.is_alive():
-        time.sleep(PARENT_CHECK_S)
+        time.sleep(1.0)
     died.set()
     os.kill(os.getpid(), signal.SIGTERM)
