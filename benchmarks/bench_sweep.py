@@ -12,9 +12,9 @@ Each subprocess gets its own fresh temporary working directory. Its wall time is
 its peak memory two ways: `os.wait4()` on the child's pid returns that child's own rusage, whose ru_maxrss is the
 kernel's exact high-water mark of its resident set (per child, so several children in a row do not blur together
 as RUSAGE_CHILDREN would); and a sampler thread sums the RSS of the child and all its descendants every 0.2 s, which
-takes in the sweep's tracker process and any workers. The RSS sum counts shared pages (torch's libraries) once per
+takes in the sweep's export process and any workers. The RSS sum counts shared pages (torch's libraries) once per
 process, an upper bound. PSS, the tree's real share, is only sampled in an extra untimed run (`--pss`): reading
-/proc/<pid>/smaps_rollup stalls the process's allocations (+25 % wall time on the tutorial sweep here).
+/proc/<pid>/smaps_rollup stalls the process's allocations (benchmarks/README.md says by how much).
 
 Targets (printed as PASS/FAIL): reference / project(on) wall time >= 3; tracking overhead (on vs off) <= 5%;
 project champion test accuracy >= the reference's best test accuracy; project peak memory < 2 GB.
@@ -63,7 +63,7 @@ QUICK_VAL_SIZE = 1000  # leaves 5000 training images, the same count the quick r
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and all its descendants (the sweep's tracker process and any workers)."""
+    """A process and all its descendants (the sweep's export process and any workers)."""
     try:
         import psutil
     except ImportError:
@@ -90,11 +90,11 @@ def tree_memory_bytes(pid: int, pss: bool) -> tuple[int, int | None]:
     """(sum of RSS, sum of PSS or None) over a process tree.
 
     RSS comes from /proc/<pid>/status, a cheap read. It counts a page shared by several processes (torch's
-    libraries, mapped by the sweep and by its tracker process alike) once per process, so the sum is an upper
+    libraries, mapped by the sweep and by its export process alike) once per process, so the sum is an upper
     bound. PSS splits each shared page between its processes, so its sum is the tree's real share; but reading
     /proc/<pid>/smaps_rollup walks the process's page tables under its memory-map lock, which stalls the
-    process's own allocations: sampled every 0.2 s it slowed the tutorial sweep by 25 % on a 2-core VM
-    (67 s -> 83 s). Timed runs therefore read RSS only, and PSS is sampled in a separate, untimed run (`--pss`).
+    process's own allocations, enough to slow a sweep visibly when sampled every 0.2 s. Timed runs therefore read RSS
+    only, and PSS is sampled in a separate, untimed run (`--pss`).
     """
     pids = _tree_pids(pid)
     rss = sum(proc_memory_kb(p, "VmRSS", "status") for p in pids)
@@ -449,7 +449,7 @@ def print_table(repeats: list[dict[str, Any]], s: dict[str, Any], args: argparse
         f"target < {TARGET_RSS_MB:.0f} MB   {verdict[c['project peak RSS < 2 GB']]}"
     )
     print(
-        f"    (sweep process alone: peak RSS {_fmt(s['on_main_maxrss_mb'], '.0f')} MB; with its tracker process and "
+        f"    (sweep process alone: peak RSS {_fmt(s['on_main_maxrss_mb'], '.0f')} MB; with its export process and "
         f"workers: sum of RSS {_fmt(s['on_tree_rss_mb'], '.0f')} MB, which counts shared library pages once per "
         "process; "
         + (

@@ -1,7 +1,7 @@
 """Run a command (e.g. `dvc repro`) and report the wall time and the peak memory of one of its subprocesses.
 
 The subprocess is the first descendant whose command line contains `--match` (default `fashion-mlops sweep`); its
-memory is the sum of PSS over it and its own descendants (the sweep's tracker process, any workers), sampled
+memory is the sum of PSS over it and its own descendants (the sweep's export process, any workers), sampled
 every 0.5 s, with the RSS sum beside it (which counts torch's shared library pages once per process).
 
 Usage: .venv/bin/python benchmarks/peak_memory.py [--match TEXT] -- dvc repro

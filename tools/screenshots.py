@@ -370,7 +370,8 @@ class Page:
     def _event(self, message: dict[str, Any]) -> None:
         method = message.get("method", "")
         request_id = message.get("params", {}).get("requestId")
-        if method == "Network.requestWillBeSent":
+        # data requests only: a worker's script is fetched for the worker, so the page never sees it finish
+        if method == "Network.requestWillBeSent" and message["params"].get("type") in ("XHR", "Fetch"):
             self.in_flight.add(request_id)
             self.requests_seen += 1
         elif method in ("Network.loadingFinished", "Network.loadingFailed"):
@@ -493,16 +494,17 @@ def mlflow_storage(targets: MlflowTargets, port: int) -> str:
     }
     setters = "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in items.items())
     # only on the MLflow origin (TensorBoard pages get no foreign keys), and only once: later loads keep what the
-    # page or widen_run_names() changed
+    # page or widen_columns() changed
     return (
         f"if (location.port === {json.dumps(str(port))} && !localStorage.getItem('screenshots.preset')) {{ {setters} }}"
     )
 
 
-def widen_run_names(targets: MlflowTargets, width: int) -> str:
-    """A script that stores a wider run-name column in the saved view; true if it did (the next load shows it).
+def widen_columns(targets: MlflowTargets, name_width: int) -> str:
+    """A script that stores wider run-name and metric columns in the saved view; true if it did (seen on reload).
 
     The UI applies saved widths only along a saved column order, so the order is taken from the header as shown.
+    Metric values are float32 read back as doubles (0.8999999761581421); 150 px shows them whole.
     """
     return f"""(() => {{
       const key = {json.dumps(experiment_state_key(targets.experiment_id))};
@@ -512,7 +514,8 @@ def widen_run_names(targets: MlflowTargets, width: int) -> str:
       if (!name) return false;
       const view = JSON.parse(localStorage.getItem(key) || '{{}}');
       view.columnOrder = ids;
-      view.columnWidths = {{ ...(view.columnWidths || {{}}), [name]: {width} }};
+      view.columnWidths = {{ ...(view.columnWidths || {{}}), [name]: {name_width} }};
+      ids.filter((id) => id.startsWith('metrics.')).forEach((id) => {{ view.columnWidths[id] = 150; }});
       localStorage.setItem(key, JSON.stringify(view));
       return true;
     }})()"""
@@ -547,7 +550,7 @@ def take_mlflow(page: Page, base: str, targets: MlflowTargets, args: argparse.Na
     page.wait_for(expanded_sweep_condition(targets), sweep)
     # run names like run-03-arch=vgg_bn_small-lr=0.01 are cut off at the default width
     longest_name = max(len(name) for name in targets.child_run_names)
-    if page.evaluate(widen_run_names(targets, min(460, 90 + 7 * longest_name))):  # indent, dot, ~7 px a character
+    if page.evaluate(widen_columns(targets, min(460, 90 + 7 * longest_name))):  # indent, dot, ~7 px a character
         page.open(f"{base}{experiment}")
         page.wait_for(expanded_sweep_condition(targets), sweep)
     shots.append(page.screenshot(out / "mlflow-runs.png"))

@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 
 GRID = {"lr": [0.01, 0.003], "batch_size": [32, 64]}  # four cells: long enough to interrupt after the first
 # Enough epochs that the windows the interrupt tests signal in (the second cell's epochs 1..EPOCHS-1) last
-# well over the 20 ms they poll at: an epoch of the sample takes ~20 ms on a fast machine.
+# several of their polls: on a fast machine one epoch of the sample is about as short as one poll.
 EPOCHS = 10
 N_CELLS = 4
 # SGD at lr 10 with momentum 0.9 and weight decay 0.5 overflows the sample's loss to NaN within epoch 1.
@@ -563,9 +563,8 @@ def test_sigterm_to_a_sweep_with_two_workers_leaves_no_run_running_and_no_worker
     work = new_workdir("interrupt-workers", **{"sweep.workers": 2, "train.epochs": epochs})
     proc = work.start("sweep")
     # 4 cells of 100 epochs on 2 workers: with at most 100 epochs counted (the count trails the workers by up to
-    # the 0.2 s the sweep drains their events at), both workers are still in their first cells. A worker trains
-    # the sample's epoch in ~20 ms on a fast machine, so this window lasts about a second; with 6 epochs a cell
-    # it was shorter than one drain, and CI once saw the count jump from 0 past the window.
+    # the interval the sweep drains their events at), both workers are still in their first cells. With 6 epochs
+    # a cell this window was shorter than one drain on a fast machine, and CI once saw the count jump past it.
     mid_sweep = lambda: 0 < epochs_done(proc) <= epochs  # noqa: E731
     wait_until(mid_sweep, [proc], "a cell mid-training", SIGNAL_WAIT_TIMEOUT_S)
     workers = psutil.Process(proc.pid).children(recursive=True)  # the workers and the export process
