@@ -1,4 +1,4 @@
-"""Which of the package's source files each DVC stage runs: the one definition of a stage's code.
+"""Which code made a result: the source files each DVC stage runs, and the git commit they came from.
 
 A stage's code is its module and every package module it imports, at the top or late inside a function, found by
 reading the imports. dvc.yaml lists exactly these files as the stage's deps (a test checks the two agree and prints
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import subprocess
 from pathlib import Path
 
 PACKAGE = "fashion_mlops"
@@ -76,3 +77,15 @@ def code_version(stage: str = "train_sweep") -> str:
     for path in closure(STAGE_MODULES[stage]):
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """(HEAD commit, whether tracked files have uncommitted changes), or (None, False) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None, False
+    return commit.strip(), bool(dirty.strip())

@@ -219,6 +219,11 @@ def test_sweep_and_its_child_runs_are_in_the_configured_experiment(pipeline: Pip
     assert not misplaced, f"child runs outside experiment {experiment.experiment_id} ({experiment.name}): {misplaced}"
 
 
+def test_the_experiment_is_marked_for_mlflows_model_training_view(pipeline: Pipeline) -> None:
+    experiment = pipeline.client().get_experiment_by_name(pipeline.params["tracking"]["experiment"])
+    assert experiment.tags.get(tags.EXPERIMENT_KIND) == tags.MODEL_TRAINING
+
+
 def test_every_child_run_has_per_epoch_metric_histories(pipeline: Pipeline, sweep_runs) -> None:
     client = pipeline.client()
     for child in sweep_runs[1]:
@@ -245,8 +250,8 @@ def test_every_run_is_tagged_with_git_commit_params_digest_and_tensorboard_dir(p
     commit = head_commit(pipeline)
     params_sha256 = hashlib.sha256((pipeline.root / "params.yaml").read_bytes()).hexdigest()
     for run in [parent, *children]:
-        assert run.data.tags.get("mlflow.source.git.commit") == commit, run.info.run_name
-        assert run.data.tags.get("dvc.params_sha256") == params_sha256, run.info.run_name
+        assert run.data.tags.get(tags.GIT_COMMIT) == commit, run.info.run_name
+        assert run.data.tags.get(tags.PARAMS_SHA256) == params_sha256, run.info.run_name
     for child in children:
         assert child.data.tags.get(tags.TENSORBOARD), child.info.run_name
 

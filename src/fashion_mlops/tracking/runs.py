@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from fashion_mlops.config import Cell, Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import Split
 from fashion_mlops.errors import TrackingFailed
-from fashion_mlops.sources import code_version
+from fashion_mlops.sources import code_version, git_commit
 from fashion_mlops.tracking import NullSweep, ReusedCell, SweepTracking, exporter, tags
 from fashion_mlops.tracking.store import connect, metric_batch, open_store
 from fashion_mlops.tracking.tensorboard import TensorBoardRun
@@ -74,21 +73,15 @@ def run_fingerprint(cell: Cell, params: Params, data_digest: str) -> str:
 
 def common_tags(params_path: Path) -> dict[str, str]:
     """Tags that tie a run to git, the DVC params file and this package's code."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        commit = dirty = ""
+    commit, dirty = git_commit()
     found = {
-        "dvc.params_file": str(params_path),
-        "dvc.params_sha256": hashlib.sha256(params_path.read_bytes()).hexdigest() if params_path.exists() else "",
-        "fashion_mlops.version": version("fashion-mlops"),
-        "fashion_mlops.code_version": code_version(),
+        tags.PARAMS_FILE: str(params_path),
+        tags.PARAMS_SHA256: hashlib.sha256(params_path.read_bytes()).hexdigest() if params_path.exists() else "",
+        tags.VERSION: version("fashion-mlops"),
+        tags.CODE_VERSION: code_version(),
     }
     if commit:
-        found |= {"mlflow.source.git.commit": commit.strip(), "git.dirty": str(bool(dirty.strip())).lower()}
+        found |= {tags.GIT_COMMIT: commit, tags.GIT_DIRTY: str(dirty).lower()}
     return found
 
 
