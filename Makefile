@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install dataset sample run test lint repro-check bench ui tensorboard clean
+.PHONY: install dataset sample run test lint repro-check bench ui tensorboard screenshots clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,17 @@ bench: install dataset  ## the side-by-side benchmark against the tutorial's loo
 	dvc repro download && python benchmarks/bench_sweep.py --json reports/benchmark.json
 
 ui: install  ## MLflow UI on http://127.0.0.1:5000 (loopback only)
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@echo "MLflow UI on http://127.0.0.1:5000: pick 'Model training' at the top of the sidebar to see the runs"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 tensorboard: install  ## TensorBoard on http://127.0.0.1:6006 (loopback only)
 	tensorboard --logdir runs --host 127.0.0.1 --port 6006
 
+screenshots: install  ## README screenshots of the MLflow UI and TensorBoard (after `make run`; needs Debian's chromium)
+	$(BIN)/python tools/screenshots.py --out docs/images
+
 lint: install
-	ruff check src tests benchmarks && ruff format --check src tests benchmarks
+	ruff check src tests benchmarks tools && ruff format --check src tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns runs data/raw reports/*.json reports/*.csv reports/*.png

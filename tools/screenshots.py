@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -44,9 +45,11 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars",
     "--lang=en-US",
 )
-SERVER_START_TIMEOUT_S = 180.0  # `mlflow ui` needed ~35 s to answer on two busy cores
+TB_DIR_TAG = "tensorboard.dir"  # the project's run tag naming the run's TensorBoard log directory
+SERVER_START_TIMEOUT_S = 180.0  # started as below `mlflow ui` answers in ~10 s on two busy cores, ~35 s by default
 PAGE_TIMEOUT_S = 90.0
-NETWORK_QUIET_S = 1.0
+NETWORK_QUIET_S = 1.0  # no data request for this long: the page has what it asked for
+BUSY_LIMIT_S = 15.0
 SETTLE_S = 1.0  # chart libraries animate for a few hundred milliseconds after their data arrives
 
 # Page-side helpers, installed before any page script runs. TensorBoard renders inside shadow roots, which
@@ -100,6 +103,8 @@ class MlflowTargets:
     metric_columns: tuple[str, ...]
     metric_child_ids: tuple[str, ...]
     model_version: str
+    tensorboard_dirs: tuple[str, ...]  # the child runs' TensorBoard directories, where the runs recorded them
+    other_run_ids: tuple[str, ...]  # every run outside the sweep's children: hidden from the charts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -149,11 +154,14 @@ def resolve_mlflow(args: argparse.Namespace) -> MlflowTargets:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=args.store, registry_uri=args.store)
-    experiment = client.get_experiment_by_name(args.experiment)
+    try:
+        client = MlflowClient(tracking_uri=args.store, registry_uri=args.store)
+        experiment = client.get_experiment_by_name(args.experiment)
+        runs = [] if experiment is None else client.search_runs([experiment.experiment_id], max_results=5000)
+    except Exception as error:  # a store that is no MLflow store fails in sqlalchemy or MLflow, with a traceback
+        raise ScreenshotError(f"cannot read MLflow store {args.store}: {str(error).splitlines()[0]}") from error
     if experiment is None:
         raise ScreenshotError(f"experiment {args.experiment!r} not found in {args.store}: run `make run` first")
-    runs = client.search_runs([experiment.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
     if not runs:
         raise ScreenshotError(f"experiment {args.experiment!r} in {args.store} has no runs: run `make run` first")
     children: dict[str, list[Any]] = {}
@@ -161,10 +169,12 @@ def resolve_mlflow(args: argparse.Namespace) -> MlflowTargets:
         parent_id = run.data.tags.get("mlflow.parentRunId")
         if parent_id:
             children.setdefault(parent_id, []).append(run)
-    parent = next((run for run in runs if run.info.run_id in children), None)
-    if parent is None:
+    parents = [run for run in runs if run.info.run_id in children]
+    if not parents:
         raise ScreenshotError(f"experiment {args.experiment!r} has no parent run with child runs (no sweep)")
+    parent = max(parents, key=lambda run: run.info.start_time or 0)  # the newest sweep
     kids = sorted(children[parent.info.run_id], key=lambda run: run.info.run_name or run.info.run_id)
+    kid_ids = {run.info.run_id for run in kids}
     with_metric = [run for run in kids if args.metric in run.data.metrics]
     if not with_metric:
         raise ScreenshotError(f"no child run of sweep {parent.info.run_name!r} logged metric {args.metric!r}")
@@ -190,6 +200,8 @@ def resolve_mlflow(args: argparse.Namespace) -> MlflowTargets:
         metric_columns=metric_columns,
         metric_child_ids=tuple(run.info.run_id for run in with_metric),
         model_version=str(version),
+        tensorboard_dirs=tuple(run.data.tags[TB_DIR_TAG] for run in kids if run.data.tags.get(TB_DIR_TAG)),
+        other_run_ids=tuple(run.info.run_id for run in runs if run.info.run_id not in kid_ids),
     )
 
 
@@ -357,15 +369,20 @@ class Page:
         self.url = ""
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one DevTools command and return its result, handling the events that arrive meanwhile."""
         self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.receive())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise ScreenshotError(f"Chromium {method} failed: {message['error'].get('message')}")
-                return message.get("result", {})
-            self._event(message)
+        try:
+            self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+            while True:
+                message = json.loads(self.ws.receive())
+                if message.get("id") == self.next_id:
+                    break
+                self._event(message)
+        except OSError as error:  # includes the socket's timeout: Chromium hung or died
+            raise ScreenshotError(f"Chromium did not answer {method}: {error}") from error
+        if "error" in message:
+            raise ScreenshotError(f"Chromium {method} failed: {message['error'].get('message')}")
+        return message.get("result", {})
 
     def _event(self, message: dict[str, Any]) -> None:
         method = message.get("method", "")
@@ -393,14 +410,20 @@ class Page:
     def wait_for(self, condition: str, what: str, timeout: float = PAGE_TIMEOUT_S) -> None:
         """Poll a JavaScript condition, then wait for the network to be quiet and the charts to settle."""
         deadline = time.monotonic() + timeout
-        while not self.evaluate(condition):
+        problem = ""
+        while True:
+            try:
+                if self.evaluate(condition):
+                    break
+            except ScreenshotError as error:  # e.g. the context was replaced by the navigation under way
+                problem = f" (last: {error})"
             if time.monotonic() > deadline:
-                raise ScreenshotError(f"{what} did not appear within {timeout:.0f} s")
+                raise ScreenshotError(f"{what} did not appear within {timeout:.0f} s{problem}")
             time.sleep(0.25)
         quiet_since, seen = time.monotonic(), self.requests_seen
-        # polling pages (MLflow refreshes its runs) are never idle for long; the condition already holds, so a
-        # page that stays busy is photographed anyway after the timeout
-        busy_deadline = time.monotonic() + 15.0
+        # a page that polls its server is never idle for long; the condition already holds, so a page that stays
+        # busy is photographed anyway after BUSY_LIMIT_S
+        busy_deadline = time.monotonic() + BUSY_LIMIT_S
         while time.monotonic() < busy_deadline:
             self.evaluate("1")  # drains the queued network events
             if self.in_flight or self.requests_seen != seen:
@@ -433,8 +456,8 @@ def chromium(binary: str, width: int, height: int, workdir: Path) -> Iterator[Pa
     ]
     log = workdir / "chromium.log"
     with process_group(command, log) as process:
-        port_file = profile / "DevToolsActivePort"
-        wait_until("Chromium", process, log, port_file.is_file, 60.0)
+        port_file = profile / "DevToolsActivePort"  # first line: the port; the file may appear before its content
+        wait_until("Chromium", process, log, lambda: port_file.is_file() and port_file.read_text()[:1].isdigit(), 60.0)
         port = int(port_file.read_text().split()[0])
         tabs: list[dict[str, Any]] = []
 
@@ -470,8 +493,8 @@ def mlflow_storage(targets: MlflowTargets, port: int) -> str:
     - mlflow.workflowType_v1: MLflow 3.17 chooses between the GenAI and the model-training layout from this global
       switch (default GenAI), not from the experiment's `mlflow.experimentKind` tag;
     - the assistant panel opens by itself on a first visit and would cover a third of the page;
-    - the experiment page's saved view: the sweep expanded, the swept params and the metric as columns, the parent
-      hidden from the charts (it has no curves), the charts filtered to the metric.
+    - the experiment page's saved view: the sweep expanded, the swept params and the metric as columns, the charts
+      filtered to the metric and showing the sweep's child runs only (the parent has no curves).
     Keys a future MLflow ignores only cost the presets; the page conditions below still check what is shown.
     """
     view = {
@@ -481,7 +504,7 @@ def mlflow_storage(targets: MlflowTargets, port: int) -> str:
             "attributes.`Models`",
         ],
         "runsExpanded": {targets.parent_run_id: True},
-        "runsVisibilityMap": {targets.parent_run_id: False},
+        "runsVisibilityMap": dict.fromkeys(targets.other_run_ids, False),
         "chartsSearchFilter": targets.metric_columns[0],
     }
     items = {
@@ -588,23 +611,76 @@ def take_mlflow(page: Page, base: str, targets: MlflowTargets, args: argparse.Na
     route = f"#/models/{urllib.parse.quote(args.model_name, safe='')}"
     page.open(f"{base}{route}")
     version = json.dumps(f"Version {targets.model_version}")
+    # the alias must be in the row of that version, not just somewhere on the page
     page.wait_for(
-        f"""Array.from(document.querySelectorAll('a')).some((a) => a.textContent.trim() === {version})
-            && document.body.innerText.includes({json.dumps(args.alias)})""",
+        f"""Array.from(document.querySelectorAll('a')).some((a) => a.textContent.trim() === {version}
+            && (a.closest('tr, [role="row"]')?.innerText || '').includes({json.dumps(args.alias)}))""",
         f"version {targets.model_version} with @{args.alias} on the {args.model_name} page",
     )
     shots.append(page.screenshot(out / "mlflow-model.png"))
     return shots
 
 
-def take_tensorboard(page: Page, base: str, args: argparse.Namespace, run_count: int, out: Path) -> list[Path]:
+def tensorboard_loaded(base: str) -> Callable[[], bool]:
+    """A readiness check: TensorBoard answers before it has read the logs, and then lists runs as it reads them."""
+    seen: list[list[str]] = []
+
+    def ready() -> bool:
+        seen.append(json.loads(http_get(f"{base}data/runs") or "[]"))
+        # loaded: runs listed, and the same list on three polls in a row (one second)
+        return len(seen) >= 3 and bool(seen[-1]) and seen[-1] == seen[-2] == seen[-3]
+
+    return ready
+
+
+def sweep_run_filter(targets: MlflowTargets, logdir: str) -> str:
+    """A TensorBoard run regex for the newest sweep's directory, or "" (all runs) if its runs do not share one.
+
+    `make run` keeps every sweep's logs under runs/<sweep id>/; the MLflow screenshots show the newest sweep only.
+    """
+    parents = set()
+    for directory in targets.tensorboard_dirs:
+        with contextlib.suppress(ValueError):
+            parents.add(Path(directory).parent.relative_to(logdir).as_posix())
+    if len(parents) != 1 or len(targets.tensorboard_dirs) != len(targets.child_run_ids) or parents == {"."}:
+        return ""
+    return f"^{re.escape(parents.pop())}/"
+
+
+def tensorboard_runs(base: str, args: argparse.Namespace, run_filter: str) -> int:
+    """How many TensorBoard runs the scalars page will show; fails if none, or if no tag matches --tb-tags.
+
+    The dashboard lists every tag by category below the filter's results, so a filter matching nothing would still
+    show charts: the logged tags are checked here instead.
+    """
+    by_run = json.loads(http_get(f"{base}data/plugin/scalars/tags") or "{}")
+    by_run = {run: tags for run, tags in by_run.items() if re.search(run_filter, run)}
+    if not by_run:
+        raise ScreenshotError(f"TensorBoard found no scalars under {args.runs}/ for runs matching {run_filter!r}")
+    tags = sorted({tag for run_tags in by_run.values() for tag in run_tags})
+    try:
+        matching = [tag for tag in tags if re.search(args.tb_tags, tag)]
+    except re.error as error:
+        raise ScreenshotError(f"--tb-tags {args.tb_tags!r} is no regular expression: {error}") from error
+    if not matching:
+        raise ScreenshotError(f"no TensorBoard scalar tag matches --tb-tags {args.tb_tags!r}; tags: {', '.join(tags)}")
+    return len(by_run)
+
+
+def take_tensorboard(
+    page: Page, base: str, args: argparse.Namespace, run_filter: str, run_count: int, out: Path
+) -> list[Path]:
     """The legacy scalars dashboard filtered to the training curves, and the HParams table when it has data."""
     shots: list[Path] = []
     # smoothing 0: with a handful of epochs the default 0.6 draws the curves well away from the logged points
     route = f"#scalars&tagFilter={urllib.parse.quote(args.tb_tags, safe='')}&_smoothingWeight=0"
+    if run_filter:
+        route += f"&regexInput={urllib.parse.quote(run_filter, safe='')}"
     page.open(f"{base}{route}")
+    tag = f"new RegExp({json.dumps(args.tb_tags)})"
     page.wait_for(
-        f"__shots.all('tf-scalar-card').length > 0 && __shots.drawnLines('path.line') >= {run_count}",
+        f"__shots.all('tf-scalar-card').filter((card) => {tag}.test(card.tag || '')).length > 0"
+        f" && __shots.drawnLines('path.line') >= {run_count}",
         f"TensorBoard scalar charts matching {args.tb_tags!r}",
     )
     shots.append(page.screenshot(out / "tensorboard-scalars.png"))
@@ -619,7 +695,7 @@ def take_tensorboard(page: Page, base: str, args: argparse.Namespace, run_count:
         )
         shots.append(page.screenshot(out / "tensorboard-hparams.png"))
     else:
-        print("note: TensorBoard's HParams tab has no data; tensorboard-hparams.png not taken")
+        say("TensorBoard's HParams tab has no data; tensorboard-hparams.png not taken")
     return shots
 
 
@@ -650,24 +726,30 @@ def run(args: argparse.Namespace) -> None:
         tb_proc = stack.enter_context(process_group(tb_cmd, tb_log, env))
         say(f"started mlflow ui on {mlflow_base} and tensorboard on {tb_base}; waiting for them to answer")
         wait_until("mlflow ui", mlflow_proc, mlflow_log, lambda: http_get(f"{mlflow_base}health") is not None)
-        # TensorBoard answers before it has read the logs; /data/runs lists runs once it has
-        wait_until("tensorboard", tb_proc, tb_log, lambda: bool(json.loads(http_get(f"{tb_base}data/runs") or "[]")))
-        run_count = len(json.loads(http_get(f"{tb_base}data/runs") or "[]"))
+        wait_until("tensorboard", tb_proc, tb_log, tensorboard_loaded(tb_base))
+        run_filter = sweep_run_filter(targets, args.runs)
+        run_count = tensorboard_runs(tb_base, args, run_filter)
         say(
             f"both answer after {time.monotonic() - started:.0f} s; sweep {targets.parent_run_name}, "
             f"{len(targets.child_run_ids)} child runs, {args.model_name} v{targets.model_version} @{args.alias}"
         )
         page = stack.enter_context(chromium(args.chromium, args.width, args.height, workdir))
         page.call("Page.addScriptToEvaluateOnNewDocument", source=mlflow_storage(targets, mlflow_port))
-        shots = take_mlflow(page, mlflow_base, targets, args, out) + take_tensorboard(
-            page, tb_base, args, run_count, out
-        )
+        shots = take_mlflow(page, mlflow_base, targets, args, out)
+        shots += take_tensorboard(page, tb_base, args, run_filter, run_count, out)
     say(f"{len(shots)} screenshots in {out}/ after {time.monotonic() - started:.0f} s; servers stopped")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise ScreenshotError("terminated")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # SIGTERM (make interrupted, CI cancelled) would end Python without unwinding; as an exception it stops the servers
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
     except ScreenshotError as error:

@@ -219,7 +219,7 @@ def test_sweep_and_its_child_runs_are_in_the_configured_experiment(pipeline: Pip
     assert not misplaced, f"child runs outside experiment {experiment.experiment_id} ({experiment.name}): {misplaced}"
 
 
-def test_the_experiment_is_marked_for_mlflows_model_training_view(pipeline: Pipeline) -> None:
+def test_the_experiment_is_tagged_as_model_training(pipeline: Pipeline) -> None:
     experiment = pipeline.client().get_experiment_by_name(pipeline.params["tracking"]["experiment"])
     assert experiment.tags.get(tags.EXPERIMENT_KIND) == tags.MODEL_TRAINING
 

@@ -57,7 +57,7 @@ def connect(params: Params) -> str:
         with contextlib.suppress(MlflowException):  # another process created it first
             client.create_experiment(name, artifact_location=location)
         experiment = client.get_experiment_by_name(name)
-    # without a kind, MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) instead of the runs
+    # an experiment without a kind counts as GenAI development (traces, prompts) to MLflow 3
     if experiment.tags.get(tags.EXPERIMENT_KIND) != tags.MODEL_TRAINING:
         client.set_experiment_tag(experiment.experiment_id, tags.EXPERIMENT_KIND, tags.MODEL_TRAINING)
     return experiment.experiment_id

@@ -18,5 +18,6 @@ PARAMS_FILE = "dvc.params_file"  # the DVC params file, and the SHA-256 of its b
 PARAMS_SHA256 = "dvc.params_sha256"
 VERSION = "fashion_mlops.version"  # the package version, and a digest of the sweep's source files
 CODE_VERSION = "fashion_mlops.code_version"
-EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens the experiment in the view this names
+# the experiment's kind in MLflow 3; its 3.17 UI shows the view its sidebar toggle names instead (README)
+EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
