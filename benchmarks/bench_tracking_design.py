@@ -1,7 +1,7 @@
 """Time this checkout's tracking design against another checkout's, side by side on the tutorial grid.
 
-In one invocation, per repeat, in turn (A B C, A B C, ...), each as its own subprocess in a fresh folder with a
-fresh SQLite store:
+In one invocation, per repeat, in turn (A B C, then C B A, so that a machine whose speed drifts favours none), each
+as its own subprocess in a fresh folder with a fresh SQLite store:
 
   (A) this checkout, tracking on: `python -m fashion_mlops sweep` (MLflow runs, TensorBoard, logged models);
   (B) the baseline checkout, tracking on: the same command with PYTHONPATH at `--baseline-src`, e.g. a worktree of
@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -64,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "raw"))
     parser.add_argument("--manifest", default=str(ROOT / "datasets" / "fashion-mnist.json"))
     parser.add_argument("--keep", action="store_true", help="keep the working folders")
+    parser.add_argument("--skip-off", action="store_true", help="leave out (C), tracking off")
     args = parser.parse_args(argv)
     args.epochs, args.device, args.val_size, args.subset = 3, "cpu", 5000, None
     variants = {
@@ -71,30 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         "B baseline, tracking on": (Path(args.baseline_src).resolve(), True),
         "C this checkout, tracking off": (ROOT / "src", False),
     }
+    if args.skip_off:
+        del variants["C this checkout, tracking off"]
     times: dict[str, list[float]] = {label: [] for label in variants}
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     try:
         for repeat in range(args.repeat):
             print(f"repeat {repeat + 1}/{args.repeat}", flush=True)
-            for label, (src, tracking_on) in variants.items():
+            order = list(variants.items())
+            for label, (src, tracking_on) in order if repeat % 2 == 0 else reversed(order):
                 times[label].append(sweep_once(f"{repeat}-{label[0]}", src, tracking_on, args, tmp))
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    a, b, c = times.values()
-    report: dict[str, Any] = {
-        "cpu": cpu_description(),
-        "median_s": {label: statistics.median(values) for label, values in times.items()},
-        "A/B": statistics.median(x / y for x, y in zip(a, b, strict=True)),
-        "A/C": statistics.median(x / y for x, y in zip(a, c, strict=True)),
-    }
-    print(f"\nCPU: {report['cpu']}; {args.repeat} repeats, sweep.workers {args.workers}")
+    a, b, *c = times.values()
+    print(f"\nCPU: {cpu_description()}; {args.repeat} repeats, sweep.workers {args.workers}")
     for label, values in times.items():
         spread = f"[{min(values):.1f}-{max(values):.1f}]"
         print(f"  {label:32s} median {statistics.median(values):6.1f} s {spread}")
-    print(f"  A/B (this design / baseline): {report['A/B']:.3f}  (median of per-repeat ratios)")
-    print(f"  A/C (tracking on / off):      {report['A/C']:.3f}")
+    print(f"  A/B (this design / baseline): {_paired(a, b)}  (median of per-repeat ratios)")
+    if c:
+        print(f"  A/C (tracking on / off):      {_paired(a, c[0])}")
     return 0
+
+
+def _paired(first: list[float], second: list[float]) -> str:
+    ratios = [x / y for x, y in zip(first, second, strict=True)]
+    return f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ of an MLflow or TensorBoard write. A second signal raises at once.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,3 +52,19 @@ def deferred() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def stop_when_parent_dies(poll_s: float = 1.0) -> threading.Event:
+    """In a child process: SIGTERM this process once its parent has died (a signal, unlike a flag, also interrupts
+    a read blocked on a half-sent message). The returned event is set just before the signal."""
+    died = threading.Event()
+
+    def watch() -> None:
+        parent = mp.parent_process()
+        while parent is not None and parent.is_alive():
+            time.sleep(poll_s)
+        died.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+    return died

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -175,19 +174,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(params: Params, manifest: Manifest, runs: CellRuns, threads: int, events: Any) -> None:
     """Per worker process: its share of the CPU threads, the data loaded once, and where its runs go."""
     interrupts.install_deferred()
-    threading.Thread(target=_stop_when_the_sweep_process_dies, daemon=True).start()
+    interrupts.stop_when_parent_dies()  # a SIGKILLed sweep's worker ends its run KILLED at its next step
     _WORKER.update(splits=load_training_data(params, manifest), runs=runs, threads=threads, events=events)
-
-
-def _stop_when_the_sweep_process_dies() -> None:
-    """A worker whose sweep process died (SIGKILL) ends its run KILLED at the next step, as on SIGTERM."""
-    import os
-    import signal
-
-    parent = mp.parent_process()
-    while parent is not None and parent.is_alive():
-        time.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker_run(outcome: CellOutcome) -> CellOutcome:

@@ -154,8 +154,7 @@ def _serve(params: Params, inbox: Any, replies: Any) -> None:
     signal.signal(signal.SIGTERM, _stop)
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    died = threading.Event()
-    threading.Thread(target=_watch_sweep_process, args=(died,), daemon=True).start()
+    died = interrupts.stop_when_parent_dies()
     experiment_id = None
     try:
         from fashion_mlops.tracking.store import connect
@@ -219,13 +218,3 @@ def _export(message: Export) -> str:
     set_model_uri(message.run_id, uri)
     end_run(message.run_id, "FINISHED")
     return uri
-
-
-def _watch_sweep_process(died: threading.Event) -> None:
-    """If the sweep process ends first, stop this process's main thread with a signal (a flag would not
-    interrupt a read blocked on a half-sent message)."""
-    parent = mp.parent_process()
-    while parent is not None and parent.is_alive():
-        time.sleep(1.0)
-    died.set()
-    os.kill(os.getpid(), signal.SIGTERM)
