@@ -71,7 +71,7 @@ def run_sweep(
     """
     outcomes = [CellOutcome(cell) for cell in params.cells()]
     with interrupts.deferred():
-        tracking = start_sweep(params, params_path, manifest, export)
+        tracking = start_sweep(params, params_path, manifest, len(outcomes), export)
         try:
             splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading

@@ -41,10 +41,12 @@ REASON_CHARS = 5000
 
 
 def start_sweep(
-    params: Params, params_path: Path, manifest: Manifest, export: exporter.ModelExporter | None
+    params: Params, params_path: Path, manifest: Manifest, n_cells: int, export: exporter.ModelExporter | None
 ) -> SweepTracking:
     """Open the sweep's parent run (or track nothing, when tracking is off); `export` logs the models, if any."""
-    return SweepRun.start(params, params_path, manifest, export) if params.tracking.enabled else NullSweep()
+    if not params.tracking.enabled:
+        return NullSweep()
+    return SweepRun.start(params, params_path, manifest, n_cells, export)
 
 
 @contextmanager
@@ -246,7 +248,12 @@ class SweepRun:
 
     @classmethod
     def start(
-        cls, params: Params, params_path: Path, manifest: Manifest, export: exporter.ModelExporter | None
+        cls,
+        params: Params,
+        params_path: Path,
+        manifest: Manifest,
+        n_cells: int,
+        export: exporter.ModelExporter | None,
     ) -> SweepRun:
         if export is not None:
             export.connected()  # one process creates a new store's schema at a time
@@ -259,8 +266,7 @@ class SweepRun:
                 run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
                 tags=common | {tags.KIND: "sweep"} | owner_tags(),
             )
-            cells = params.cells()
-            run_params = sweep_params(params, len(cells))
+            run_params = sweep_params(params, n_cells)
             mlflow.MlflowClient().log_batch(
                 parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()]
             )
