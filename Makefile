@@ -5,6 +5,8 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
+UI_PORT ?= 5000
+TENSORBOARD_PORT ?= 6006
 
 .PHONY: install dataset sample run test lint repro-check bench ui tensorboard screenshots clean
 
@@ -37,11 +39,11 @@ bench: install dataset  ## the side-by-side benchmark against the tutorial's loo
 	dvc repro download && python benchmarks/bench_sweep.py --json reports/benchmark.json
 
 ui: install  ## MLflow UI on http://127.0.0.1:5000 (loopback only)
-	@echo "MLflow UI on http://127.0.0.1:5000: pick 'Model training' at the top of the sidebar to see the runs"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT): pick 'Model training' at the top of the sidebar to see the runs"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 tensorboard: install  ## TensorBoard on http://127.0.0.1:6006 (loopback only)
-	tensorboard --logdir runs --host 127.0.0.1 --port 6006
+	tensorboard --logdir runs --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 screenshots: install  ## README screenshots of the MLflow UI and TensorBoard (after `make run`; needs Debian's chromium)
 	$(BIN)/python tools/screenshots.py --out docs/images

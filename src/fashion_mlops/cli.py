@@ -1,4 +1,5 @@
-"""`fashion-mlops validate | download | sweep | evaluate | make-sample`: one command per DVC stage, and the checks."""
+"""`fashion-mlops validate | download | check-store | sweep | evaluate | make-sample`: one command per DVC stage, and
+the checks."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fashion_mlops import interrupts
-from fashion_mlops.config import Params, load_params
+from fashion_mlops.config import Params, check_against_manifest, load_params
 from fashion_mlops.data.manifest import Manifest, load_manifest
 from fashion_mlops.errors import UserError
 from fashion_mlops.reports import Reports
+from fashion_mlops.tracking.client_settings import apply_client_defaults
 
-USAGE_ERROR = 2
-RUN_ERROR = 1
 INTERRUPTED = 130
 
 Command = Callable[[Params, Manifest, argparse.Namespace], None]
@@ -25,13 +25,26 @@ Command = Callable[[Params, Manifest, argparse.Namespace], None]
 
 def cmd_validate(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
     cells = params.cells()
+    if params.tracking.enabled:
+        from fashion_mlops.tracking.store import check_reachable, tracking_uri
+
+        check_reachable(tracking_uri(params))
     print(f"{args.params}: valid; {len(cells)} run(s), architecture(s): {', '.join(sorted({c.arch for c in cells}))}")
 
 
 def cmd_download(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
     from fashion_mlops.data.download import download_dataset
 
-    for line in download_dataset(manifest, params.data.sources, Path(params.data.dir), params.data.timeout_s):
+    for line in download_dataset(
+        manifest, params.data.sources, Path(params.data.dir), params.data.timeout_s, params.data.deadline_s
+    ):
+        print(line)
+
+
+def cmd_check_store(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops.store_check import run_store_check
+
+    for line in run_store_check(params, Reports(Path(args.reports))):
         print(line)
 
 
@@ -66,6 +79,7 @@ def make_sample(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Command] = {
     "validate": cmd_validate,
     "download": cmd_download,
+    "check-store": cmd_check_store,
     "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
 }
@@ -78,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("validate", help="check params.yaml and print the grid size")
     sub.add_parser("download", help="fetch and verify the dataset into data.dir")
+    sub.add_parser("check-store", help="remove the reports whose runs, models or events the tracking store lost")
     sub.add_parser("sweep", help="train every grid cell, track it, pick the best on validation")
     sub.add_parser("evaluate", help="test the best model, register it, move the alias if better")
     sample = sub.add_parser("make-sample", help="write the small synthetic IDX dataset that data.dvc tracks")
@@ -92,27 +107,35 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, interrupts.raise_now)
     logging.basicConfig(level=os.environ.get("FASHION_MLOPS_LOG", "WARNING"))
-    # MLflow's usage telemetry tries to reach the internet when each process starts and exits, which stalls where
-    # there is none; off unless the user says otherwise, inherited by the worker and export processes
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    apply_client_defaults()
     if args.command == "make-sample":
         make_sample(args)  # needs no params
         return 0
     try:
         params = load_params(Path(args.params))
         manifest = load_manifest(params.data.manifest)
+        check_against_manifest(params, manifest)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        return error.exit_code
     try:
         COMMANDS[args.command](params, manifest, args)
     except KeyboardInterrupt:
         print("interrupted: the current run was ended as KILLED; run again to resume", file=sys.stderr)
         return INTERRUPTED
-    except (UserError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return RUN_ERROR
+    except UserError as error:
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        return error.exit_code
+    except FileNotFoundError as error:
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        return UserError.exit_code
     return 0
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """An error message as one line of readable length, however long or multi-line the culprit was."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

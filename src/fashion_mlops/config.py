@@ -3,18 +3,56 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlparse
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer, MaxDepthExceededError
+from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.reader import ReaderError
 
 from fashion_mlops.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fashion_mlops.data.manifest import Manifest
+
 DEFAULT_PARAMS = Path("params.yaml")
 GRID_KEYS_OUTSIDE_TRAIN = ("arch",)
+MAX_GRID_CELLS = 1000  # one run per cell: a bigger grid is a slip of the keyboard, not a sweep to start
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a page of settings; a bigger one is not read, let alone parsed
+MAX_YAML_DEPTH = 32  # params nest four levels deep; far deeper nesting would exhaust the parser's recursion
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state, which seeds the train/validation split, takes no more
+MAX_WAIT_S = 86_400.0  # socket timeouts and timers overflow far beyond a day, and no download needs that long
+SHOWN_VALUE_CHARS = 100  # of a bad value in an error line
+MAX_ERROR_CHARS = 500
+# registry.model_name goes into MLflow search filters (name = '...') and models:/name@alias URIs after the whole
+# sweep, where a quote or a slash breaks them; tracking.experiment is held to the same rule
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+IDX_IMAGES_HEADER_BYTES = 16  # magic number and three dimensions, 4 bytes each
+IMAGE_BYTES = 28 * 28
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty; give a path (relative to the working directory, or absolute)")
+    return value
+
+
+def _safe_name(value: str) -> str:
+    if not SAFE_NAME.fullmatch(value):
+        raise ValueError("not allowed; use only letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return value
+
+
+NonBlankPath = Annotated[str, AfterValidator(_not_blank)]
+SafeName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_safe_name)]
 
 
 class _Strict(BaseModel):
@@ -22,12 +60,14 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    manifest: str = "datasets/fashion-mnist.json"
+    manifest: NonBlankPath = "datasets/fashion-mnist.json"
     sources: list[str] = Field(min_length=1)
-    dir: str = "data/raw"
+    dir: NonBlankPath = "data/raw"
     val_size: int = Field(default=5000, ge=1)
     subset: int | None = Field(default=None, ge=2)
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0, le=MAX_WAIT_S)
+    # the total time one file's download from one source may take (a slow trickle passes every timeout_s)
+    deadline_s: float = Field(default=600.0, gt=0, le=MAX_WAIT_S)
 
     @field_validator("sources")
     @classmethod
@@ -36,11 +76,21 @@ class DataConfig(_Strict):
             scheme = urlparse(source).scheme
             if scheme not in ("", "file", "http", "https"):
                 raise ValueError(
-                    f"source {source!r} has scheme {scheme!r}; allowed: a local directory, file://, http:// or https://"
+                    f"source {_show(source)} has scheme {_show(scheme)}; "
+                    "allowed: a local directory, file://, http:// or https://"
                 )
             if not source.strip():
                 raise ValueError("empty source; allowed: a local directory or an http(s) URL")
         return sources
+
+    @model_validator(mode="after")
+    def _subset_holds_the_validation_set(self) -> DataConfig:
+        if self.subset is not None and self.subset <= self.val_size:
+            raise ConfigError(
+                f"data.subset = {self.subset}: must be more than data.val_size = {self.val_size}, "
+                "since the validation images are held out of the subset"
+            )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -59,11 +109,24 @@ def check_arch(arch: str) -> str:
     return known(arch)
 
 
+def check_device(device: str) -> str:
+    """`device` if torch finds it on this machine ('auto' and 'cpu' always), else ValueError naming what is here."""
+    if device in ("auto", "cpu"):
+        return device
+    import torch  # late, as in check_arch: `--help` does not need torch
+
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not present[device]:
+        here = ["auto", "cpu", *(name for name, found in present.items() if found)]
+        raise ValueError(f"torch finds no {device} device on this machine; allowed here: {', '.join(here)}")
+    return device
+
+
 class TrainConfig(_Strict):
     """Everything one training run needs; any of these may also be swept in `sweep.grid`."""
 
     epochs: int = Field(default=3, ge=1, le=1000)
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     lr: float = Field(default=0.01, gt=0, le=10)
     batch_size: int = Field(default=100, ge=1, le=65536)
     shuffle: bool = True
@@ -79,6 +142,11 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     compile: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _device_present(cls, device: str) -> str:
+        return check_device(device)
+
 
 class SweepConfig(_Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -91,19 +159,25 @@ class SweepConfig(_Strict):
         allowed = sorted([*TrainConfig.model_fields, *GRID_KEYS_OUTSIDE_TRAIN])
         for key, values in grid.items():
             if key not in allowed:
-                raise ValueError(f"unknown grid key {key!r}; allowed: {', '.join(allowed)}")
+                raise ValueError(f"unknown grid key {_show(key)}; allowed: {', '.join(allowed)}")
             if not values:
                 raise ValueError(f"grid key {key!r} has no values; give a non-empty list")
             if len({_identity(v) for v in values}) != len(values):
-                raise ValueError(f"grid key {key!r} repeats a value: {values}")
+                raise ValueError(f"grid key {key!r} repeats a value: {_show(values)}")
+        cells = math.prod(len(values) for values in grid.values())  # counted, not expanded: the cap guards that
+        if cells > MAX_GRID_CELLS:
+            sizes = " x ".join(f"{len(values)} {key}" for key, values in grid.items())
+            raise ConfigError(
+                f"sweep.grid: {cells} runs ({sizes}) are more than the {MAX_GRID_CELLS} allowed; sweep fewer values"
+            )
         return grid
 
 
 class TrackingConfig(_Strict):
     mlflow_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlruns"
-    experiment: str = Field(default="fashion-mnist", min_length=1)
-    tensorboard_dir: str = "runs"
+    artifact_location: NonBlankPath = "mlruns"
+    experiment: SafeName = "fashion-mnist"
+    tensorboard_dir: NonBlankPath = "runs"
     histogram_every: int = Field(default=1, ge=0)
     log_models: bool = True
     enabled: bool = True
@@ -114,14 +188,15 @@ class TrackingConfig(_Strict):
         scheme = urlparse(uri).scheme
         allowed = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
         if scheme not in allowed:
-            raise ValueError(f"tracking URI {uri!r} has scheme {scheme!r}; allowed: {', '.join(allowed)}")
-        if scheme == "sqlite" and not uri.startswith("sqlite:///"):
-            raise ValueError(f"SQLite URI {uri!r} must look like sqlite:///path/to/mlflow.db")
+            raise ValueError(f"tracking URI {_show(uri)} has scheme {_show(scheme)}; allowed: {', '.join(allowed)}")
+        database = uri.removeprefix("sqlite:///")
+        if scheme == "sqlite" and (not uri.startswith("sqlite:///") or not database or database.endswith("/")):
+            raise ValueError(f"SQLite URI {_show(uri)} must name a file: sqlite:///path/to/mlflow.db")
         return uri
 
 
 class RegistryConfig(_Strict):
-    model_name: str = Field(default="fashion-mnist-cnn", min_length=1, max_length=200)
+    model_name: SafeName = "fashion-mnist-cnn"
     alias: str = Field(default="champion", min_length=1, max_length=100)
 
     @field_validator("alias")
@@ -130,13 +205,13 @@ class RegistryConfig(_Strict):
         reserved = re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest"
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or reserved:
             raise ValueError(
-                f"alias {alias!r} is not allowed; use letters, digits, '_' or '-', not 'latest' or 'v<number>'"
+                f"alias {_show(alias)} is not allowed; use letters, digits, '_' or '-', not 'latest' or 'v<number>'"
             )
         return alias
 
 
 class EvaluateConfig(_Strict):
-    batch_size: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=1000, ge=1, le=65536)  # as train.batch_size
     tta_flip: bool = False
 
 
@@ -158,7 +233,7 @@ class Params(_Strict):
                 where = f"sweep.grid.{key}[{index}]"
                 if key == "arch":
                     if not isinstance(value, str):
-                        raise ConfigError(f"{where} = {value!r}: expected an architecture name")
+                        raise ConfigError(f"{where} = {_show(value)}: expected an architecture name")
                     _raise_as_config_error(where, value, lambda v=value: check_arch(v))
                 else:
                     fields = self.train.model_dump() | {key: value}
@@ -217,66 +292,120 @@ def _raise_as_config_error(where: str, value: Any, check) -> None:
         check()
     except ValidationError as error:
         first = error.errors()[0]
-        raise ConfigError(f"{where} = {value!r}: {_clean(first['msg'])}") from None
+        raise ConfigError(f"{where} = {_show(value)}: {_clean(first['msg'])}") from None
     except ValueError as error:
-        raise ConfigError(f"{where} = {value!r}: {_clean(str(error))}") from None
+        raise ConfigError(f"{where} = {_show(value)}: {_clean(str(error))}") from None
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: `1e-3` is a number (as DVC reads it), not the string PyYAML makes of it."""
+class _NotAllowed(MarkedYAMLError):
+    """Valid YAML that a params file may not use."""
 
 
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
-    keys = [loader.construct_object(key_node) for key_node, _ in node.value]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping", node.start_mark
+class _NoAliasComposer(Composer):
+    """Refuses anchors and aliases: a few hundred bytes of them expand to millions of values ('billion laughs')."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _NotAllowed(
+                None,
+                None,
+                "aliases are not allowed in params files (&anchor, *alias); write the value out",
+                event.start_mark,
             )
-    return loader.construct_mapping(node)
+        return super().compose_node(parent, index)
 
 
-_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _UniqueKeyConstructor(SafeConstructor):
+    """DVC's reader refuses duplicate keys too; this one says so in a short line."""
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any) -> bool:
+        if key in mapping:
+            raise ConstructorError(None, None, f"key {_show(key)} appears twice in one mapping", key_node.start_mark)
+        return True
+
+
+def _params_yaml() -> YAML:
+    """The reader DVC uses for params files (YAML 1.2, `YAML(typ="safe")` in dvc.utils.serialize), minus aliases."""
+    # pure: the C parser (ruamel.yaml.clib, not installed, so DVC does not use it either) would skip our composer
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Composer = _NoAliasComposer
+    yaml.Constructor = _UniqueKeyConstructor
+    yaml.max_depth = MAX_YAML_DEPTH
+    return yaml
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file the way DVC does for numbers; errors name the file."""
+    """Parse a YAML file to the same values DVC reads from it; errors are one line naming the file (and line)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_PARAMS_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; pass an existing params file") from None
+        raise ConfigError(_bounded(f"{path}: file not found; pass an existing params file")) from None
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+        raise ConfigError(_bounded(f"{path}: cannot read ({error.strerror})")) from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(
+            _bounded(f"{path}: bigger than {MAX_PARAMS_BYTES} bytes; a params file is a page of settings")
+        )
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(_bounded(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8")) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # the newlines DVC's text-mode read gives the parser
+    try:
+        return _params_yaml().load(text)
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        if isinstance(error, _NotAllowed):
+            problem = error.problem
+        elif isinstance(error, MaxDepthExceededError):
+            problem = f"nested more than {MAX_YAML_DEPTH} levels deep"
+        elif isinstance(error, ReaderError):
+            problem = f"not valid YAML ({str(error).splitlines()[0]}, at character {error.position})"
+        else:
+            parts = (getattr(error, "context", None), getattr(error, "problem", None))
+            problem = f"not valid YAML ({'; '.join(str(part) for part in parts if part) or error})"
+        raise ConfigError(_bounded(f"{path}:{where} {problem}")) from None
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     """Read and validate params.yaml; raise ConfigError with one line naming the bad key."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, train, sweep, ...)")
+        raise ConfigError(_bounded(f"{path}: expected a mapping of sections (data, train, sweep, ...)"))
     try:
         return Params.model_validate(raw)
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(_bounded(f"{path}: {error}")) from None
     except ValidationError as error:
-        raise ConfigError(f"{path}: {format_validation_error(error)}") from None
+        raise ConfigError(_bounded(f"{path}: {format_validation_error(error)}")) from None
+
+
+def check_against_manifest(params: Params, manifest: Manifest) -> None:
+    """Refuse a validation set as big as the dataset's training images, before anything is downloaded.
+
+    Skipped when the manifest records no size for the training images. (data.subset > data.val_size is checked
+    with the params.)
+    """
+    size = manifest.file("train_images").size
+    if size is None:
+        return
+    images = max(0, (size - IDX_IMAGES_HEADER_BYTES) // IMAGE_BYTES)  # a 3-dim IDX file: N x 28 x 28 bytes
+    if params.data.val_size >= images:
+        raise ConfigError(
+            _bounded(
+                f"data.val_size = {params.data.val_size}: must be smaller than the {images} training images in "
+                f"{manifest.name}, so that some are left to train on"
+            )
+        )
 
 
 def format_validation_error(error: ValidationError) -> str:
     """One line: the dotted key, the bad value and what is allowed."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(_cut(str(part)) for part in first["loc"]) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
         section = first["loc"][:-1]
@@ -284,8 +413,7 @@ def format_validation_error(error: ValidationError) -> str:
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"{key}: required key is missing"
-    value = first.get("input")
-    return f"{key} = {value!r}: {_clean(first['msg'])}"
+    return f"{key} = {_show(first.get('input'))}: {_clean(first['msg'])}"
 
 
 def _allowed_keys(section: tuple) -> list[str]:
@@ -301,3 +429,22 @@ def _allowed_keys(section: tuple) -> list[str]:
 
 def _clean(message: str) -> str:
     return message.removeprefix("Value error, ").replace("\n", " ")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 6, 6, 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = SHOWN_VALUE_CHARS
+
+
+def _show(value: Any) -> str:
+    """repr(value) cut to a readable length, without first building the whole repr of a huge value."""
+    return _cut(_SHORT.repr(value))
+
+
+def _cut(text: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bounded(message: str) -> str:
+    """One line of at most MAX_ERROR_CHARS, whatever the file's path or a value held."""
+    return _cut(" ".join(message.splitlines()), MAX_ERROR_CHARS)

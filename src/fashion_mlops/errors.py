@@ -1,6 +1,8 @@
 """Every error a user can cause or fix. The CLI prints these as one line (and an exit code) instead of a traceback.
 
-Errors for developers stay ordinary exceptions; anything here subclasses `UserError`.
+Errors for developers stay ordinary exceptions; anything here subclasses `UserError`. Each class says which exit code
+the CLI gives it (the README's table): 2 for what is wrong before anything runs (params, manifest, where tracking
+points), 1 for what goes wrong while a stage runs.
 """
 
 from __future__ import annotations
@@ -9,13 +11,19 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem the user can fix; its message is one line that names the culprit and what is allowed."""
 
+    exit_code = 1
+
 
 class ConfigError(UserError):
     """params.yaml (or a value in it) is not valid."""
 
+    exit_code = 2
+
 
 class ManifestError(UserError, ValueError):
     """The dataset manifest is missing or malformed."""
+
+    exit_code = 2
 
 
 class IdxFormatError(UserError, ValueError):
@@ -37,6 +45,8 @@ class NoFinishedRuns(UserError):
 class TrackingUnavailable(UserError):
     """The tracking server does not answer."""
 
+    exit_code = 2
+
 
 class TrackingFailed(UserError):
     """A write to the tracking store failed mid-sweep, or the model export process died."""
@@ -44,3 +54,11 @@ class TrackingFailed(UserError):
 
 class NotReproducible(UserError):
     """Two runs of the same pipeline gave different numbers."""
+
+
+class NotInStore(UserError):
+    """A report names a run, model or registry version that the tracking store does not hold (any more)."""
+
+
+class ChampionOnOtherData(UserError):
+    """The alias holder was measured on other test data than the candidate, so their scores do not compare."""

@@ -14,11 +14,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
 from fashion_mlops.config import Params
-from fashion_mlops.data.manifest import Manifest
+from fashion_mlops.data.manifest import Manifest, content_digest
 from fashion_mlops.data.splits import Split, load_split
-from fashion_mlops.errors import ConfigError
+from fashion_mlops.errors import ChampionOnOtherData, ConfigError, NotInStore
 from fashion_mlops.reports import Reports, write_atomic, write_json, write_text
-from fashion_mlops.tracking import registry
+from fashion_mlops.tracking import inventory, registry, tags
+from fashion_mlops.tracking.model_files import load_logged_model
 from fashion_mlops.tracking.store import connect, lock_path, metric_batch, tracking_uri
 from fashion_mlops.train import loss_and_accuracy, predict_logits
 
@@ -27,7 +28,7 @@ REGISTRY_LOCK_TIMEOUT_S = 900
 
 def measure(model_uri: str, test: Split, batch_size: int, tta_flip: bool) -> tuple[dict[str, float], np.ndarray]:
     """(accuracy and loss, predicted labels) of a logged model on the test split."""
-    model = registry.load_logged_model(model_uri)
+    model = load_logged_model(model_uri)
     log_probs = predict_logits(model, test.images, batch_size, tta_flip=tta_flip)
     loss, accuracy = loss_and_accuracy(log_probs, test.labels)
     return {"test_accuracy": accuracy, "test_loss": loss}, log_probs.argmax(1).numpy()
@@ -56,25 +57,77 @@ def confusion_png(labels: np.ndarray, predictions: np.ndarray, classes: tuple[st
     tmp.unlink()
 
 
+def test_data_digest(manifest: Manifest) -> str:
+    """The content digest of the test images and labels: `load_split` verified the bytes it read against exactly
+    these checksums, so they are the measured ones."""
+    return content_digest(manifest.file(role).sha256 for role in ("test_images", "test_labels"))
+
+
+def read_best_run(reports: Reports, uri: str) -> dict[str, Any]:
+    """train_sweep's choice, checked against the store: its run and its logged model must still be there."""
+    try:
+        best = json.loads(reports.best_run.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotInStore(f"{reports.best_run} not found: run `dvc repro` (the train_sweep stage writes it)") from None
+    except ValueError:
+        raise NotInStore(f"{reports.best_run} is not valid JSON: run `dvc repro` to write it again") from None
+    if not isinstance(best, dict) or not best.get("model_uri"):
+        raise ConfigError(
+            f"{reports.best_run} names no logged model (tracking.log_models is false); nothing to evaluate"
+        )
+    problem = inventory.run_problem(best.get("run_id")) or inventory.model_problem(best["model_uri"])
+    if problem:
+        raise NotInStore(
+            f"{reports.best_run} names run {best.get('run_name')}, but in {uri} {problem}: "
+            "run `dvc repro` (its check_store stage sees this and trains the sweep again)"
+        )
+    return best
+
+
+def check_same_test_data(champion: registry.Champion | None, digest: str, dataset: str) -> None:
+    """The alias only moves between versions measured on the same test data: scores on other data do not compare."""
+    if champion is None:
+        return
+    held = champion.version.tags.get(tags.TEST_DATA_DIGEST)
+    if held == digest:
+        return
+    where = (
+        f"test data {champion.version.tags.get(tags.TEST_DATA_NAME, '?')} (digest {held})"
+        if held
+        else "unrecorded test data (registered before test-data digests)"
+    )
+    raise ChampionOnOtherData(
+        f"{champion.uri} is v{champion.version.version}, measured on {where}; this candidate was measured on "
+        f"{dataset} (digest {digest}): nothing was registered and the alias stays. Give this dataset a "
+        "registry.model_name of its own"
+    )
+
+
 def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[str, Any]:
     """Measure the sweep's best model on the test set, register it, and move the alias if it is better."""
-    best = json.loads(reports.best_run.read_text())
-    if not best.get("model_uri"):
-        raise ConfigError("the best run has no logged model (tracking.log_models is false); nothing to evaluate")
     test = load_split(manifest, Path(params.data.dir), "test")
     connect(params)
+    best = read_best_run(reports, tracking_uri(params))
+    digest = test_data_digest(manifest)
     settings = params.evaluate
-    metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
     name, alias = params.registry.model_name, params.registry.alias
+    check_same_test_data(registry.current_champion(name, alias), digest, manifest.name)  # fail before measuring
+    metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
     # Read the champion, compare and move the alias as one step, so racing evaluations cannot demote a better model.
     with FileLock(lock_path(tracking_uri(params)), timeout=REGISTRY_LOCK_TIMEOUT_S):
         champion = registry.current_champion(name, alias)
+        check_same_test_data(champion, digest, manifest.name)
         champion_metrics = measure(champion.uri, test, settings.batch_size, settings.tta_flip)[0] if champion else None
         version = registry.register(
             best["model_uri"],
             name,
             best["run_id"],
-            tags={k: f"{v:.6f}" for k, v in metrics.items()} | {"val_accuracy": f"{best['val_accuracy']:.6f}"},
+            tags={k: f"{v:.6f}" for k, v in metrics.items()}
+            | {
+                "val_accuracy": f"{best['val_accuracy']:.6f}",
+                tags.TEST_DATA_DIGEST: digest,
+                tags.TEST_DATA_NAME: manifest.name,
+            },
         )
         promoted = registry.promote_if_better(
             name,
@@ -92,6 +145,7 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
         "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
         "per_class": per_class,
         "tta_flip": settings.tta_flip,
+        "test_data": {"name": manifest.name, "digest": digest},
         "val_accuracy": best["val_accuracy"],
         "model_name": name,
         "model_version": int(version.version),

@@ -22,6 +22,11 @@ class Reports:
     root: Path = DEFAULT_DIR
 
     @property
+    def store(self) -> Path:
+        """Which tracking store the reports describe: check_store's output, train_sweep's input (so it runs first)."""
+        return self.root / "store.json"
+
+    @property
     def sweep_csv(self) -> Path:
         """One row per run and epoch: the tutorial's results table (DVC plots)."""
         return self.root / "sweep.csv"

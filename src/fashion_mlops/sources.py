@@ -18,6 +18,7 @@ PACKAGE = "fashion_mlops"
 PACKAGE_DIR = Path(__file__).parent
 STAGE_MODULES = {
     "download": "fashion_mlops.data.download",
+    "check_store": "fashion_mlops.store_check",
     "train_sweep": "fashion_mlops.sweep",
     "evaluate": "fashion_mlops.evaluate",
 }

@@ -7,7 +7,9 @@ the CPU threads between them; either way each cell gets the same seed and the sa
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,6 +27,7 @@ from fashion_mlops import interrupts
 from fashion_mlops.config import Cell, Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import Splits, load_split, train_val_split
+from fashion_mlops.data.verify import dataset_digest
 from fashion_mlops.errors import NoFinishedRuns
 from fashion_mlops.models import build_model
 from fashion_mlops.reports import Reports, write_json, write_text
@@ -34,6 +37,46 @@ from fashion_mlops.tracking.runs import start_sweep
 from fashion_mlops.train import EpochResult, TrainingDiverged, pick_device, train
 
 EpochDone = Callable[[str, EpochResult], None]
+# what one worker process needs besides the model: torch and its libraries, the training data, activations
+WORKER_MEMORY_BYTES = 3 << 29
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the cells run: in how many processes, and with how many CPU threads each (unless train.threads says)."""
+
+    workers: int
+    threads: int
+
+
+def plan_execution(params: Params, n_cells: int, default_threads: int) -> Execution:
+    """`sweep.workers`, clamped to the cells, the CPU cores and the memory there are (saying so when it is).
+
+    The thread count depends only on params and the machine, never on how many cells are left to train: a resumed
+    sweep trains a cell exactly as an uninterrupted one would (results are bit-identical only at equal threads).
+    """
+    asked = params.sweep.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    fits = max(1, _available_memory() // WORKER_MEMORY_BYTES) if asked > 1 else asked
+    workers = max(1, min(asked, cores, fits, n_cells))
+    if workers < min(asked, n_cells):
+        print(
+            f"sweep.workers: {asked} -> {workers} worker processes: this machine has {cores} CPU core(s) "
+            f"and memory for {fits} worker(s) (about {WORKER_MEMORY_BYTES >> 20} MiB each)",
+            file=sys.stderr,
+        )
+    return Execution(workers, max(1, default_threads // workers))
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo; unlimited where there is none to read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
 
 
 @dataclass
@@ -70,8 +113,10 @@ def run_sweep(
     the sweep end as KILLED, and a rerun reuses the cells that finished.
     """
     outcomes = [CellOutcome(cell) for cell in params.cells()]
+    execution = plan_execution(params, len(outcomes), torch.get_num_threads())
+    data_digest = dataset_digest(manifest, Path(params.data.dir))  # of the files on disk, verified
     with interrupts.deferred():
-        tracking = start_sweep(params, params_path, manifest, len(outcomes), export)
+        tracking = start_sweep(params, params_path, manifest, len(outcomes), export, data_digest, execution.threads)
         try:
             splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
@@ -81,10 +126,10 @@ def run_sweep(
                 for index, reused in tracking.reuse([o.cell for o in outcomes]).items():
                     _mark_reused(outcomes[index], reused, bar)
                 pending = [o for o in outcomes if o.status == "PENDING"]
-                if params.sweep.workers > 1 and len(pending) > 1:
-                    _run_in_workers(pending, params, manifest, tracking, bar)
+                if execution.workers > 1 and len(pending) > 1:
+                    _run_in_workers(pending, params, manifest, tracking, bar, execution)
                 else:
-                    _run_serially(pending, splits, tracking, bar)
+                    _run_serially(pending, splits, tracking, bar, execution.threads)
             best = select_best(outcomes)
             model_uris = tracking.model_uris()
             for outcome in outcomes:
@@ -153,9 +198,10 @@ def _show_epoch(bar: tqdm, name: str, val_accuracy: float) -> None:
     bar.update(1)
 
 
-def _run_serially(pending: list[CellOutcome], splits: Splits, tracking: SweepTracking, bar: tqdm) -> None:
-    """Each cell in this process, with its own thread count (train.threads, swept or not; else torch's default)."""
-    default_threads = torch.get_num_threads()
+def _run_serially(
+    pending: list[CellOutcome], splits: Splits, tracking: SweepTracking, bar: tqdm, default_threads: int
+) -> None:
+    """Each cell in this process, with its own thread count (train.threads, swept or not; else the plan's)."""
 
     def on_epoch(name: str, result: EpochResult) -> None:
         _show_epoch(bar, name, result.val_accuracy)
@@ -187,13 +233,18 @@ def _worker_run(outcome: CellOutcome) -> CellOutcome:
 
 
 def _run_in_workers(
-    pending: list[CellOutcome], params: Params, manifest: Manifest, tracking: SweepTracking, bar: tqdm
+    pending: list[CellOutcome],
+    params: Params,
+    manifest: Manifest,
+    tracking: SweepTracking,
+    bar: tqdm,
+    execution: Execution,
 ) -> None:
-    """Run cells in `sweep.workers` spawned processes; results land back in `pending`, in grid order."""
-    workers = min(params.sweep.workers, len(pending))
+    """Run cells in the planned number of spawned processes; results land back in `pending`, in grid order."""
+    workers = min(execution.workers, len(pending))
     # a cell's train.threads, when set, is its thread count in serial and parallel sweeps alike: results only
     # match bit for bit between the two at equal thread counts (oneDNN's reductions depend on it)
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = execution.threads
     context = mp.get_context("spawn")
     events = context.Queue()
     by_index = {o.cell.index: o for o in pending}

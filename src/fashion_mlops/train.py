@@ -121,6 +121,12 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
+def resolved_settings(cfg: TrainConfig, threads: int) -> dict[str, object]:
+    """How this machine resolves what `cfg` leaves open: the device, bf16 or not, the CPU threads."""
+    device = pick_device(cfg.device)
+    return {"device": device.type, "bf16": uses_bf16(cfg.precision, device), "threads": threads}
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer, with its fused kernel (one op for all parameters) where the device has one."""
     fused = device.type in ("cpu", "cuda")

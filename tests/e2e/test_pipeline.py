@@ -38,6 +38,7 @@ EPOCHS = 2
 N_RUNS = len(list(itertools.product(*GRID.values())))
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 STAGES = ("download", "train_sweep", "evaluate")
+ALWAYS_RUNS = "check_store"  # cheap, and the one way DVC learns that the MLflow store lost what reports/ names
 # What `dvc repro` needs from the project; generated state (.venv, mlflow.db, mlruns, runs, data, reports) stays out.
 PROJECT_FILES = ("dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("datasets", "src")
@@ -113,6 +114,7 @@ def e2e_params(sample_dataset: Path, root: Path) -> dict[str, Any]:
         "mlflow_uri": "sqlite:///mlflow.db",
         "artifact_location": "mlruns",
         "tensorboard_dir": "runs",
+        "histogram_every": EPOCHS + 3,  # longer than the runs: histograms come from their last epoch alone
     }
     return params
 
@@ -186,10 +188,10 @@ def find_key(tree: Any, key: str) -> list[Any]:
 
 
 def test_repro_runs_every_stage(pipeline: Pipeline) -> None:
-    for stage in STAGES:
+    for stage in (*STAGES, ALWAYS_RUNS):
         assert f"Running stage '{stage}'" in pipeline.repro.stdout, pipeline.repro.stdout
     lock = yaml.safe_load((pipeline.root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == {*STAGES, ALWAYS_RUNS}
     assert len(list((pipeline.root / "data" / "raw").iterdir())) == 4
 
 
@@ -400,10 +402,9 @@ def test_second_repro_does_nothing(pipeline: Pipeline) -> None:
     before = {r.info.run_id for r in all_runs(client)}
     lock = (pipeline.root / "dvc.lock").read_bytes()
     again = pipeline.run("dvc", "repro")
-    assert "Running stage" not in again.stdout, again.stdout
+    assert stages_run(again) == {ALWAYS_RUNS}, again.stdout
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, again.stdout
-    assert "Data and pipelines are up to date" in again.stdout, again.stdout
     assert {r.info.run_id for r in all_runs(client)} == before, "the no-op repro created MLflow runs"
     assert (pipeline.root / "dvc.lock").read_bytes() == lock
 
@@ -414,7 +415,7 @@ def test_changing_train_epochs_invalidates_train_sweep_and_downstream_but_not_do
     copy = tmp_path / "repo"
     shutil.copytree(pipeline.root, copy, symlinks=True)
     env = subprocess_env(copy)
-    assert json.loads(run_command(["dvc", "status", "--json"], copy, env).stdout) == {}
+    assert json.loads(run_command(["dvc", "status", "--json"], copy, env).stdout) == {ALWAYS_RUNS: ["always changed"]}
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["train"]["epochs"] = EPOCHS + 1
     write_params(copy / "params.yaml", params)
@@ -427,3 +428,109 @@ def test_changing_train_epochs_invalidates_train_sweep_and_downstream_but_not_do
     dag = run_command(["dvc", "dag", "--dot"], copy, env).stdout
     assert '"train_sweep" -> "evaluate"' in dag, dag
     assert '"download" -> "train_sweep"' in dag, dag
+
+
+# --- a fresh clone, and a store that lost its files -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rebuilds:
+    """A fresh `git clone` of a repository whose dvc.lock and reports/ were committed, run step by step."""
+
+    clone: Pipeline
+    first: subprocess.CompletedProcess[str]  # `dvc repro` in the new clone
+    again: subprocess.CompletedProcess[str]  # a second `dvc repro`
+    after_losing: dict[str, subprocess.CompletedProcess[str]]  # `dvc repro` after deleting each of these
+
+
+def stages_run(repro: subprocess.CompletedProcess[str]) -> set[str]:
+    return {stage for stage in (*STAGES, ALWAYS_RUNS) if f"Running stage '{stage}'" in repro.stdout}
+
+
+def assert_store_holds_what_reports_name(clone: Pipeline) -> None:
+    """The best run, its model, every run's TensorBoard events and the alias holder are in the clone's store."""
+    client = clone.client()
+    best = clone.report("best_run.json")
+    assert client.get_run(best["run_id"]).info.status == "FINISHED"
+    model = client.get_logged_model(best["model_uri"].removeprefix("models:/"))
+    assert (Path(model.artifact_location.removeprefix("file://")) / "MLmodel").is_file()
+    for cell in clone.report("sweep.json")["runs"].values():
+        log_dir = clone.root / client.get_run(cell["run_id"]).data.tags[tags.TENSORBOARD]
+        assert list(log_dir.glob("events.out.tfevents.*")), f"no TensorBoard events in {log_dir}"
+    evaluation = clone.report("evaluation.json")
+    holder = client.get_model_version_by_alias(evaluation["model_name"], evaluation["alias"])
+    assert int(holder.version) == evaluation["champion_version"]
+
+
+@pytest.fixture(scope="module")
+def rebuilds(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Rebuilds:
+    """Commit a finished pipeline (a one-cell grid, to keep it short), clone it the way a user does, and run
+    `dvc repro` there: first as is, then again, then after deleting each part of the store in turn."""
+    origin = tmp_path_factory.mktemp("origin") / "repo"
+    ignore = shutil.ignore_patterns("mlflow.db*", "mlruns", "runs")  # its experiment points at the original's files
+    shutil.copytree(pipeline.root, origin, symlinks=True, ignore=ignore)
+    env = subprocess_env(origin)
+    params = yaml.safe_load((origin / "params.yaml").read_text())
+    params["sweep"]["grid"] = {"lr": [GRID["lr"][0]]}
+    params["train"]["epochs"] = 1
+    write_params(origin / "params.yaml", params)
+    run_command(["dvc", "repro"], origin, env)
+    run_command(["git", "add", "-A"], origin, env)
+    run_command(["git", "commit", "-q", "-m", "pipeline results: dvc.lock and reports/"], origin, env)
+    root = tmp_path_factory.mktemp("clone") / "repo"
+    run_command(["git", "clone", "-q", str(origin), str(root)], origin.parent, env)
+    clone = Pipeline(root=root, env=subprocess_env(root), params=params, repro=None)  # type: ignore[arg-type]
+    first = clone.run("dvc", "repro")
+    assert_store_holds_what_reports_name(clone)
+    again = clone.run("dvc", "repro")
+    after_losing = {}
+    for lost in ("mlflow.db", "mlruns", "runs"):
+        target = root / lost
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        after_losing[lost] = clone.run("dvc", "repro")
+        assert_store_holds_what_reports_name(clone)
+    return Rebuilds(clone, first, again, after_losing)
+
+
+def test_a_fresh_clone_with_committed_reports_trains_evaluates_and_fills_the_store(rebuilds: Rebuilds) -> None:
+    assert {ALWAYS_RUNS, *STAGES} <= stages_run(rebuilds.first), rebuilds.first.stdout
+    assert "does not hold" in rebuilds.first.stdout, rebuilds.first.stdout
+    runs = all_runs(rebuilds.clone.client())
+    assert [r.data.tags[tags.KIND] for r in runs if r.data.tags.get(tags.KIND) == "sweep"] == ["sweep"]
+
+
+def test_a_second_repro_of_the_clone_only_checks_the_store(rebuilds: Rebuilds) -> None:
+    assert stages_run(rebuilds.again) == {ALWAYS_RUNS}, rebuilds.again.stdout
+    assert "holds every run" in rebuilds.again.stdout, rebuilds.again.stdout
+
+
+@pytest.mark.parametrize("lost", ["mlflow.db", "mlruns", "runs"])
+def test_deleting_part_of_the_store_makes_repro_rebuild_it(rebuilds: Rebuilds, lost: str) -> None:
+    repro = rebuilds.after_losing[lost]
+    assert {"train_sweep", "evaluate"} <= stages_run(repro), repro.stdout
+    assert "download" not in stages_run(repro), repro.stdout
+
+
+def test_evaluate_given_a_run_the_store_does_not_hold_says_so_in_one_line(rebuilds: Rebuilds, tmp_path: Path) -> None:
+    clone = rebuilds.clone
+    best = clone.report("best_run.json") | {"run_id": "0" * 32}
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "best_run.json").write_text(json.dumps(best))
+    result = run_command(["fashion-mlops", "--reports", str(reports), "evaluate"], clone.root, clone.env, check=False)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not in the store" in errors[0] and "dvc repro" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (reports / "evaluation.json").exists()
+
+
+def test_dvc_metrics_diff_and_exp_run_work_in_the_clone(rebuilds: Rebuilds, tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(rebuilds.clone.root, copy, symlinks=True)
+    env = subprocess_env(copy)
+    diff = run_command(["dvc", "metrics", "diff", "--json"], copy, env)
+    assert json.loads(diff.stdout) is not None
+    run_command(["dvc", "exp", "run", "-S", "train.epochs=2"], copy, env)
+    shown = json.loads(run_command(["dvc", "exp", "show", "--json"], copy, env).stdout)
+    assert "train.epochs" in json.dumps(shown) or '"epochs": 2' in json.dumps(shown), shown

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import re
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ from fashion_mlops.data.download import download_dataset
 from fashion_mlops.data.manifest import load_manifest
 from fashion_mlops.repro_check import VOLATILE_COLUMNS
 from fashion_mlops.tracking import tags
-from helpers import VENV_BIN, tiny_params, write_params
+from helpers import REPO_ROOT, VENV_BIN, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +59,8 @@ DIVERGING = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_deca
 PROCESS_TIMEOUT_S = 300
 SIGNAL_WAIT_TIMEOUT_S = 240
 UNREACHABLE_LIMIT_S = 15.0
+# MLflow's HTTP retries are bounded (tracking/client_settings.py): a sweep notices a dead server within a minute
+SERVER_GONE_LIMIT_S = 75.0
 # An interrupted sweep first finishes exporting the models of the cells it trained (a few seconds each here).
 INTERRUPT_EXIT_LIMIT_S = 60.0
 PROGRESS = re.compile(r"sweep:\s+\d+%\|[^|]*\| (\d+)/\d+ ")
@@ -607,6 +607,32 @@ def test_sigterm_just_after_a_cell_run_is_created_leaves_no_run_running(new_work
     assert cell.info.status == ("FINISHED" if trained else "KILLED"), (cell.info.status, cell.data.metrics)
 
 
+def test_resume_reuses_a_run_only_while_its_model_and_tensorboard_events_are_there(new_workdir) -> None:
+    """A deleted `runs/` or model directory means training the cell again, not a reused run pointing at nothing."""
+    work = new_workdir("resume-needs-files", **{"sweep.grid": {}, "train.epochs": 2})
+    work.run("sweep")
+
+    def last_cell() -> Run:
+        runs = all_runs(work.client(), work.experiment)
+        (cell,) = children(runs, sweeps(runs)[-1])
+        return cell
+
+    work.run("sweep")
+    reused = last_cell()
+    assert reused.data.tags.get(tags.REUSED_FROM), "an intact earlier run was not reused"
+
+    shutil.rmtree(work.root / "runs")
+    work.run("sweep")
+    retrained = last_cell()
+    assert tags.REUSED_FROM not in retrained.data.tags, "reused a run whose TensorBoard events are gone"
+    assert list((work.root / retrained.data.tags[tags.TENSORBOARD]).glob("events.out.tfevents.*"))
+
+    model = work.client().get_logged_model(retrained.data.tags[tags.MODEL_URI].removeprefix("models:/"))
+    shutil.rmtree(model.artifact_location.removeprefix("file://"))
+    work.run("sweep")
+    assert tags.REUSED_FROM not in last_cell().data.tags, "reused a run whose model files are gone"
+
+
 # --- 3. SIGKILL -----------------------------------------------------------------------------------------------
 
 
@@ -790,18 +816,20 @@ def test_a_worse_candidate_is_registered_but_does_not_take_the_alias(registry_st
 
 
 def test_two_evaluations_racing_on_one_store_both_register_and_the_better_holds_the_alias(
-    reference: Reference, new_workdir
+    reference: Reference, registry_steps, new_workdir
 ) -> None:
     """Two work directories, one SQLite store, a fresh registered model: both processes race to create it,
-    to register a version and to move the alias, starting at the same moment."""
+    to register a version and to move the alias, starting at the same moment. The contenders are the sweep's
+    best model and the 1-epoch, tiny-lr one, whose test accuracies differ: with tied scores a lost race (the
+    alias left on the worse model) could not be told from a won one."""
     store = reference.first
-    cells = store.report("sweep.json")["runs"]
     client = store.client()
     contenders = []
-    for name in sorted(cells)[:2]:
-        run = client.get_run(cells[name]["run_id"])
-        work = sharing_store(new_workdir, f"race-{name[:6]}", store, **{"registry.model_name": "race-cnn"})
-        write_best_run(work, run, run.data.tags[tags.MODEL_URI], cells[name]["val_accuracy"], cells[name]["val_loss"])
+    for name in ("first", "worse"):
+        evaluation = registry_steps[name].evaluation
+        run = client.get_run(evaluation["run_id"])
+        work = sharing_store(new_workdir, f"race-{name}", store, **{"registry.model_name": "race-cnn"})
+        write_best_run(work, run, evaluation["model_uri"], evaluation["val_accuracy"], run.data.metrics["val_loss"])
         contenders.append(work)
 
     results = run_together(*(work.start("evaluate") for work in contenders))
@@ -814,75 +842,59 @@ def test_two_evaluations_racing_on_one_store_both_register_and_the_better_holds_
     registered = client.search_model_versions("name = 'race-cnn'")
     assert sorted(int(v.version) for v in registered) == [1, 2]
     holder = client.get_model_version_by_alias("race-cnn", "champion")
+    assert len({e["test_accuracy"] for e in evaluations}) == 2, f"the contenders tie: {evaluations}"
     best_accuracy = max(e["test_accuracy"] for e in evaluations)
     holder_accuracy = next(e["test_accuracy"] for e in evaluations if e["model_version"] == int(holder.version))
     assert holder_accuracy == best_accuracy, evaluations
     assert sum(e["promoted"] for e in evaluations) >= 1
 
 
-def logged_model_files(reference: Reference) -> tuple[str, list[Path]]:
-    best = reference.first.report("best_run.json")
-    model = reference.first.client().get_logged_model(best["model_uri"].removeprefix("models:/"))
-    root = Path(model.artifact_location.removeprefix("file://"))
-    return best["model_uri"], [p for p in root.rglob("*") if p.is_file()]
-
-
-def is_pickle(data: bytes) -> bool:
-    """A pickle of protocol 2 or later starts with PROTO (0x80) and its version number."""
-    return len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5
-
-
-def test_a_logged_pt2_model_holds_no_pickle_files(reference: Reference) -> None:
-    _, files = logged_model_files(reference)
-    assert any(p.suffix == ".pt2" for p in files), files
-    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES or is_pickle(p.read_bytes()[:2])]
-    assert pickles == []
-
-
-class _RunsAShellCommand:
-    """A pickle payload: unpickling it runs `touch <marker>`."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_a_tampered_pt2_model_is_refused_by_the_projects_loader_without_running_code(
-    reference: Reference, tmp_path: Path
+def test_a_candidate_measured_on_other_test_data_never_takes_the_alias(
+    reference: Reference, registry_steps, new_workdir, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """torch.export.load retries a failed weights-only load of the archive's sample inputs with a full
-    unpickle, so MLflow's plain loader runs code planted there; evaluate's loader must refuse it."""
-    import torch
+    """The README's smoke-run data with the real registry name must not unseat a champion measured on other data:
+    the real champion would score near chance on synthetic shapes, and any candidate would look better."""
+    from fashion_mlops.data.sample import write_sample_dataset
 
-    from fashion_mlops.tracking.registry import load_logged_model
+    store = reference.first
+    other = tmp_path_factory.mktemp("other-data")
+    manifest = write_sample_dataset(other / "source", n_train=200, n_test=100, seed=1)
+    download_dataset(load_manifest(manifest), [str(other / "source")], other / "raw")
+    work = sharing_store(
+        new_workdir,
+        "other-data",
+        store,
+        **{"data.manifest": str(manifest), "data.sources": [str(other / "source")], "data.dir": str(other / "raw")},
+    )
+    work.params["data"]["val_size"] = 20
+    write_params(work.params_path, work.params)
+    evaluation = registry_steps["worse"].evaluation
+    run = store.client().get_run(evaluation["run_id"])
+    write_best_run(work, run, evaluation["model_uri"], evaluation["val_accuracy"], run.data.metrics["val_loss"])
+    registry = store.params["registry"]
+    client = store.client()
+    versions_before = sorted(v.version for v in client.search_model_versions(f"name = '{registry['model_name']}'"))
 
-    _, files = logged_model_files(reference)
-    model_dir = tmp_path / "model"
-    shutil.copytree(next(p for p in files if p.name == "MLmodel").parent, model_dir)
-    archive = next(model_dir.rglob("*.pt2"))
-    marker = tmp_path / "code-ran"
-    payload = io.BytesIO()
-    torch.save(_RunsAShellCommand(marker), payload)
-    original, rewritten = zipfile.ZipFile(archive), io.BytesIO()
-    with zipfile.ZipFile(rewritten, "w") as out:
-        replaced = 0
-        for info in original.infolist():
-            data = original.read(info.filename)
-            if info.filename.endswith("sample_inputs/model.pt"):
-                data, replaced = payload.getvalue(), replaced + 1
-            out.writestr(info, data)
-    assert replaced == 1
-    archive.write_bytes(rewritten.getvalue())
+    result = work.run("evaluate", expect=None)
 
-    with pytest.raises(Exception, match=r"(?i)weights.only"):
-        load_logged_model(str(model_dir))
-    assert not marker.exists()
+    assert result.returncode == 1, result.describe()
+    errors = result.error_lines()
+    assert len(errors) == 1 and "measured on" in errors[0] and "registry.model_name" in errors[0], result.stderr
+    holder = client.get_model_version_by_alias(registry["model_name"], registry["alias"])
+    assert holder.version == registry_steps["worse"].holder
+    after = sorted(v.version for v in client.search_model_versions(f"name = '{registry['model_name']}'"))
+    assert after == versions_before, "a version was registered"
+    assert not (work.reports / "evaluation.json").exists()
 
-    with contextlib.suppress(Exception):  # the control: MLflow's plain loader does run the planted code
-        mlflow.pytorch.load_model(str(model_dir))
-    assert marker.exists()
+
+def test_every_registered_version_records_the_test_data_it_was_measured_on(
+    reference: Reference, registry_steps
+) -> None:
+    registry = reference.first.params["registry"]
+    versions = reference.first.client().search_model_versions(f"name = '{registry['model_name']}'")
+    digests = {v.tags.get(tags.TEST_DATA_DIGEST) for v in versions}
+    assert len(digests) == 1 and None not in digests, digests
+    assert registry_steps["first"].evaluation["test_data"]["digest"] in digests
 
 
 def test_the_logged_model_loads_and_scores_what_evaluate_measured(reference: Reference, registry_steps) -> None:
@@ -892,7 +904,7 @@ def test_the_logged_model_loads_and_scores_what_evaluate_measured(reference: Ref
     from fashion_mlops.train import predict_logits
 
     torch.set_num_threads(1)
-    uri, _ = logged_model_files(reference)
+    uri = reference.first.report("best_run.json")["model_uri"]
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(reference.first.uri)
     try:
@@ -916,9 +928,9 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def running_mlflow_server(root: Path) -> Iterator[Server]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend under `root`, stopped (by process group) on exit."""
     port = free_port()
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
@@ -944,27 +956,39 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{uri}/health", timeout=2) as response,  # noqa: S310 - loopback only
-            ):
-                if response.status == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not become healthy:\n{(root / 'server.log').read_text()[-4000:]}")
-            time.sleep(0.25)
+        wait_for_http(f"{uri}/health", process, root / "server.log")
         yield Server(uri, port, process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         log.close()
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            if response.status == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.25)
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_mlflow_server(tmp_path_factory.mktemp("server")) as server:
+        yield server
 
 
 def test_a_sweep_and_evaluate_tracked_on_a_server_are_visible_through_it(mlflow_server: Server, new_workdir) -> None:
@@ -986,23 +1010,62 @@ def test_a_sweep_and_evaluate_tracked_on_a_server_are_visible_through_it(mlflow_
     assert int(holder.version) == work.report("evaluation.json")["model_version"]
 
 
-def test_the_mlflow_server_listens_on_loopback_only(mlflow_server: Server) -> None:
-    listening = {
+def listening_addresses(port: int) -> set[str]:
+    return {
         c.laddr.ip
         for c in psutil.net_connections(kind="inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == mlflow_server.port
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     }
-    assert listening == {"127.0.0.1"}, listening
-    others = [
-        a.address
-        for addresses in psutil.net_if_addrs().values()
-        for a in addresses
-        if a.family == socket.AF_INET and not a.address.startswith("127.")
+
+
+def makefile_command(target: str, **variables: str) -> str:
+    """The command line `make <target>` runs, as make itself prints it (dry run, with the given variables)."""
+    assignments = [f"{k}={v}" for k, v in variables.items()]
+    printed = subprocess.run(
+        ["make", "-n", target, *assignments], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    (command,) = [line for line in printed.splitlines() if "--host" in line]
+    return command
+
+
+@pytest.mark.parametrize(
+    ("target", "port_variable", "health"),
+    [("ui", "UI_PORT", "/health"), ("tensorboard", "TENSORBOARD_PORT", "/")],
+)
+def test_make_ui_and_make_tensorboard_listen_on_loopback_only(
+    target: str, port_variable: str, health: str, tmp_path: Path
+) -> None:
+    """The Makefile's own commands, run as make gives them, bind 127.0.0.1 and nothing else."""
+    port = free_port()
+    command = makefile_command(target, **{port_variable: str(port)})
+    (tmp_path / "runs").mkdir()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # the Makefile's line, run by a shell as make runs it
+            ["/bin/sh", "-c", command],
+            cwd=tmp_path,
+            env=base_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}{health}", process, log)
+        assert listening_addresses(port) == {"127.0.0.1"}, command
+    finally:
+        stop_group(process)
+
+
+def test_every_server_command_in_the_readme_binds_loopback() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    commands = [
+        line
+        for line in readme.splitlines()
+        if re.search(r"\b(mlflow (ui|server|models serve)|tensorboard --logdir)\b", line) and "`make" not in line
     ]
-    for address in others:  # no non-loopback IPv4 address: nothing more to check
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(2)
-            assert probe.connect_ex((address, mlflow_server.port)) != 0, f"the server answers on {address}"
+    assert commands, "the README shows no server command"
+    for command in commands:
+        assert "--host 127.0.0.1" in command, command
 
 
 def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_nothing(new_workdir) -> None:
@@ -1012,8 +1075,10 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_noth
     write_params(work.params_path, work.params)
 
     result = work.run("sweep", expect=None)
+    validate = work.run("validate", expect=None)
 
-    assert result.returncode != 0, result.describe()
+    assert result.returncode == 2, result.describe()  # the README's exit code for what is wrong before a run
+    assert validate.returncode == 2 and "unreachable" in validate.stderr, validate.describe()
     assert result.elapsed_s < UNREACHABLE_LIMIT_S, result.describe()
     assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
     assert not (work.root / "runs").exists(), "a TensorBoard runs/ directory was created"
@@ -1022,6 +1087,27 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line_and_leaves_noth
     errors = result.error_lines()
     assert len(errors) == 1 and "unreachable" in errors[0], result.stderr
     assert f"127.0.0.1:{closed}" in errors[0]
+
+
+def test_a_tracking_server_that_dies_mid_sweep_stops_the_sweep_within_a_minute_with_one_line(
+    new_workdir, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    work = new_workdir("server-dies", **{"sweep.grid": {"lr": [0.01, 0.003]}, "train.epochs": 40})
+    with running_mlflow_server(tmp_path_factory.mktemp("dying-server")) as server:
+        proc = work.start("sweep", env=base_env(MLFLOW_TRACKING_URI=server.uri))
+        wait_until(lambda: epochs_done(proc) >= 2, [proc], "two epochs", SIGNAL_WAIT_TIMEOUT_S)
+        stop_group(server.process, signal.SIGKILL)
+        killed_at = time.monotonic()
+        result = proc.wait()
+        stopped_after_s = time.monotonic() - killed_at
+
+    assert result.returncode == 1, result.describe()
+    assert stopped_after_s < SERVER_GONE_LIMIT_S, result.describe()
+    assert epochs_done(proc) < 2 * 40, "the sweep trained to the end without its server"
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = result.error_lines()
+    assert len(errors) == 1 and "stopped answering" in errors[0] and server.uri in errors[0], result.stderr
+    assert not (work.reports.exists() and any(work.reports.iterdir())), "reports were written"
 
 
 def test_a_tracking_write_that_fails_mid_sweep_stops_it_with_one_line_and_no_run_left_running(new_workdir) -> None:

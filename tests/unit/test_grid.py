@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fashion_mlops.config import Params, TrainConfig, cell_name, expand_grid
+import pytest
+
+from fashion_mlops import config
+from fashion_mlops.config import MAX_GRID_CELLS, Params, TrainConfig, cell_name, expand_grid
+from fashion_mlops.errors import ConfigError
 
 
 def params_with(grid: dict, **train) -> Params:
@@ -108,3 +112,33 @@ def test_empty_grid_gives_one_cell_with_the_fixed_settings():
     assert cells[0].swept == {}
     assert cells[0].train.lr == 0.02
     assert cells[0].arch == "simple_cnn"
+
+
+def test_a_grid_of_more_cells_than_the_cap_is_refused_without_expanding_it(monkeypatch):
+    def expand_nothing(grid):
+        raise AssertionError("validation must count the cells, not expand the grid")
+
+    monkeypatch.setattr(config, "expand_grid", expand_nothing)
+    values = [10**-k for k in range(1, 11)]
+    grid = {"lr": values, "momentum": [v / 10 for v in values], "weight_decay": [v / 10 for v in values]}
+    grid |= {"seed": list(range(10)), "batch_size": list(range(1, 11))}
+
+    with pytest.raises(ConfigError) as raised:
+        params_with(grid)
+
+    assert str(raised.value) == (
+        f"sweep.grid: 100000 runs (10 lr x 10 momentum x 10 weight_decay x 10 seed x 10 batch_size) are more than "
+        f"the {MAX_GRID_CELLS} allowed; sweep fewer values"
+    )
+
+
+def test_a_grid_of_exactly_the_cap_is_valid():
+    grid = {
+        "seed": list(range(MAX_GRID_CELLS // 8)),
+        "lr": [0.1, 0.01],
+        "batch_size": [16, 32],
+        "shuffle": [True, False],
+    }
+
+    assert MAX_GRID_CELLS == 1000
+    assert len(params_with(grid).cells()) == MAX_GRID_CELLS

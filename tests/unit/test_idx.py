@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -142,3 +143,14 @@ def test_load_split_reads_a_generated_dataset_as_uint8_images_and_int64_labels(t
     assert sorted(train.labels.tolist()) == sorted(i % 10 for i in range(40))
     expected = read_idx(tmp_path / manifest.file("train_images").name)
     np.testing.assert_array_equal(train.images[:, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize("dims", [(0xFFFFFFFF,) * 4, (1 << 16,) * 4], ids=["max-dims", "product-2**64"])
+def test_dimensions_whose_product_overflows_64_bits_are_an_idx_format_error_with_the_exact_size(dims):
+    data = bytes([0, 0, 0x08, 4]) + struct.pack(">4I", *dims)
+
+    with pytest.raises(IdxFormatError) as error:
+        parse_idx(data, name="huge")
+
+    assert f"needs {math.prod(dims)} bytes of data, found 0" in str(error.value)
+    assert str(error.value).startswith("huge: ")

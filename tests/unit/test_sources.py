@@ -66,3 +66,6 @@ def test_dvc_yaml_names_the_report_paths_the_stages_write() -> None:
     assert sweep_outputs == {str(path) for path in reports.sweep_outputs()}
     assert evaluate_outputs == {str(path) for path in reports.evaluate_outputs()}
     assert str(reports.best_run) in declared("evaluate", "deps")
+    assert declared("check_store", "outs") == [str(reports.store)]
+    assert str(reports.store) in declared("train_sweep", "deps")  # so check_store runs before the sweep
+    assert DVC_YAML["stages"]["check_store"].get("always_changed") is True

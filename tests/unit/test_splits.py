@@ -1,12 +1,19 @@
-"""The validation split: seeded, stratified, disjoint and covering; `subset` caps the pool; bad sizes are errors."""
+"""The validation split: seeded, stratified, disjoint and covering; `subset` caps the pool; bad sizes are errors.
+Loading a split decodes only bytes that match the manifest.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fashion_mlops.data.splits import Split, train_val_split
+from fashion_mlops.data.idx import encode_idx
+from fashion_mlops.data.manifest import Manifest, load_manifest
+from fashion_mlops.data.sample import write_sample_dataset
+from fashion_mlops.data.splits import Split, load_split, train_val_split
 from fashion_mlops.errors import DataError
 
 
@@ -129,3 +136,51 @@ def test_tiny_unbalanced_pools_still_split_without_stratification():
 
     assert len(splits.val) == 3
     assert len(splits.train) == 5
+
+
+# Loading a split: only verified bytes are decoded ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def dataset(tmp_path) -> tuple[Manifest, Path]:
+    """A tiny plain-IDX dataset on disk, as `fashion-mlops download` leaves it."""
+    return load_manifest(write_sample_dataset(tmp_path, n_train=30, n_test=10, seed=5, gz=False)), tmp_path
+
+
+def test_load_split_reads_verified_files(dataset):
+    manifest, directory = dataset
+
+    train = load_split(manifest, directory, "train")
+
+    assert train.images.shape == (30, 1, 28, 28)
+    assert train.labels.dtype == torch.int64
+
+
+def test_load_split_refuses_other_pixels_under_the_right_header_and_size(dataset):
+    manifest, directory = dataset
+    path = directory / manifest.file("train_images").name
+    pixels = np.random.default_rng(0).integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    path.write_bytes(encode_idx(pixels))
+    assert path.stat().st_size == manifest.file("train_images").size
+
+    with pytest.raises(DataError) as error:
+        load_split(manifest, directory, "train")
+
+    message = str(error.value)
+    assert str(path) in message and "SHA-256" in message
+    assert "dvc repro download" in message and "fashion-mlops download" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_load_split_refuses_a_truncated_or_missing_file(dataset, damage):
+    manifest, directory = dataset
+    path = directory / manifest.file("test_labels").name
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-1])
+    else:
+        path.unlink()
+
+    with pytest.raises(DataError, match="dvc repro download") as error:
+        load_split(manifest, directory, "test")
+    assert str(path) in str(error.value)

@@ -14,7 +14,7 @@ from fashion_mlops.data.download import download_dataset
 from fashion_mlops.data.manifest import load_manifest
 from fashion_mlops.data.splits import load_split, train_val_split
 from fashion_mlops.errors import NoFinishedRuns
-from fashion_mlops.sweep import CellOutcome, _run_serially, select_best
+from fashion_mlops.sweep import CellOutcome, _run_serially, plan_execution, select_best
 from fashion_mlops.tracking import NullCellRun, NullSweep
 from fashion_mlops.train import EpochResult
 
@@ -108,8 +108,37 @@ def test_a_swept_thread_count_is_the_one_each_cell_trains_with(sample_dataset, t
     before = torch.get_num_threads()
     try:
         with tqdm(disable=True) as bar:
-            _run_serially([CellOutcome(cell) for cell in cells], splits, tracking, bar)
+            _run_serially([CellOutcome(cell) for cell in cells], splits, tracking, bar, default_threads=1)
     finally:
         torch.set_num_threads(before)
 
     assert tracking.runs.seen == [1, 2, 1]
+
+
+def test_workers_are_clamped_to_the_cores_and_the_memory_with_a_message(monkeypatch, capsys) -> None:
+    from fashion_mlops import sweep
+    from fashion_mlops.config import Params
+
+    params = Params.model_validate({"data": {"sources": ["/nowhere"]}, "sweep": {"workers": 64}})
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(sweep, "_available_memory", lambda: 64 * sweep.WORKER_MEMORY_BYTES)
+
+    assert plan_execution(params, n_cells=6, default_threads=2) == sweep.Execution(workers=2, threads=1)
+    message = capsys.readouterr().err
+    assert "sweep.workers: 64 -> 2 worker processes" in message and "2 CPU core(s)" in message
+
+    monkeypatch.setattr(sweep, "_available_memory", lambda: sweep.WORKER_MEMORY_BYTES + 1)
+    assert plan_execution(params, n_cells=6, default_threads=2).workers == 1
+    assert "memory for 1 worker(s)" in capsys.readouterr().err
+
+
+def test_the_thread_count_does_not_depend_on_how_many_cells_are_left(monkeypatch) -> None:
+    """A resumed sweep trains its remaining cell with the threads an uninterrupted one would (resume's promise)."""
+    from fashion_mlops import sweep
+    from fashion_mlops.config import Params
+
+    params = Params.model_validate({"data": {"sources": ["/nowhere"]}, "sweep": {"workers": 2}})
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(sweep, "_available_memory", lambda: 64 * sweep.WORKER_MEMORY_BYTES)
+
+    assert plan_execution(params, n_cells=4, default_threads=8) == sweep.Execution(workers=2, threads=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     if len(data) < header:
         raise IdxFormatError(f"{name}: truncated header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # exact: numpy's int64 product of four 32-bit sizes can wrap, even to 0
     if len(data) - header != expected:
         raise IdxFormatError(f"{name}: shape {shape} needs {expected} bytes of data, found {len(data) - header}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)

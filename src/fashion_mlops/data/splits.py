@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from fashion_mlops.data.idx import read_idx
+from fashion_mlops.data.idx import parse_idx
 from fashion_mlops.data.manifest import Manifest
+from fashion_mlops.data.verify import verified_bytes
 from fashion_mlops.errors import DataError
 
 
@@ -35,9 +36,9 @@ class Splits:
 
 
 def load_split(manifest: Manifest, data_dir: Path, part: str) -> Split:
-    """Read the `train` or `test` images and labels of a dataset."""
-    images = read_idx(data_dir / manifest.file(f"{part}_images").name)
-    labels = read_idx(data_dir / manifest.file(f"{part}_labels").name)
+    """Read the `train` or `test` images and labels of a dataset; DataError unless the bytes match the manifest."""
+    images = _read_verified(manifest, data_dir, f"{part}_images")
+    labels = _read_verified(manifest, data_dir, f"{part}_labels")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
             f"{part} split: images {images.shape} and labels {labels.shape} do not match (want N x H x W and N)"
@@ -47,6 +48,12 @@ def load_split(manifest: Manifest, data_dir: Path, part: str) -> Split:
             f"{part} labels go up to {labels.max()}, but the manifest names {len(manifest.classes)} classes"
         )
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _read_verified(manifest: Manifest, data_dir: Path, role: str) -> np.ndarray:
+    expected = manifest.file(role)
+    path = data_dir / expected.name
+    return parse_idx(verified_bytes(path, expected), name=str(path))
 
 
 def train_val_split(train: Split, val_size: int, seed: int, subset: int | None = None) -> Splits:

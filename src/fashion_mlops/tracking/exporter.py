@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 NICENESS = 19  # exporting waits for the CPU time training leaves: it must not take cores mid-step
 POLL_S = 0.1
 CLOSE_TIMEOUT_S = 300.0  # how long ending the sweep waits for the models already sent
+GONE_CLOSE_TIMEOUT_S = 5.0  # the same, when the tracking server is gone and nothing more can be logged
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,12 @@ class ModelExporter:
         if not self.closed and not self.process.is_alive():
             raise TrackingFailed(f"the model export process died (exit code {self.process.exitcode})")
 
-    def close(self) -> dict[str, str]:
-        """Wait until every model sent so far is logged (CLOSE_TIMEOUT_S at most); run id -> model URI."""
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> dict[str, str]:
+        """Wait until every model sent so far is logged (`timeout_s` at most); run id -> model URI."""
         if not self.closed:
             self.closed = True
             self.inbox.put(None)
-            deadline = time.monotonic() + CLOSE_TIMEOUT_S
+            deadline = time.monotonic() + timeout_s
             while self.process.is_alive() and time.monotonic() < deadline:
                 with contextlib.suppress(queue.Empty):
                     self._take(self.replies.get(timeout=POLL_S))

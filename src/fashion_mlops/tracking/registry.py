@@ -1,43 +1,13 @@
-"""The model registry: register a candidate, read the alias holder, move the alias to a better model, load a
-logged model safely."""
+"""The model registry: register a candidate, read the alias holder, move the alias to a better model.
+(Loading a logged model you did not make: model_files.py.)"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-
-FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-
-
-@contextmanager
-def weights_only_loading() -> Iterator[None]:
-    """Every torch.load inside the block is weights_only, even where a library asks otherwise.
-
-    torch.export.load retries a failed restricted load of the archive's sample inputs with a full
-    unpickle; forcing weights_only turns that retry into an error instead of code execution.
-    """
-    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
-    os.environ[FORCE_WEIGHTS_ONLY] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[FORCE_WEIGHTS_ONLY] = previous
-
-
-def load_logged_model(model_uri: str) -> Any:
-    """A logged model (pt2 format) loaded by MLflow's loader, with no arbitrary unpickling."""
-    with weights_only_loading():
-        return mlflow.pytorch.load_model(model_uri)
 
 
 @dataclass(frozen=True)

@@ -31,35 +31,55 @@ from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import Split
 from fashion_mlops.errors import TrackingFailed
 from fashion_mlops.sources import code_version, git_commit
-from fashion_mlops.tracking import NullSweep, ReusedCell, SweepTracking, exporter, tags
+from fashion_mlops.tracking import NullSweep, ReusedCell, SweepTracking, exporter, inventory, store, tags
 from fashion_mlops.tracking.store import connect, metric_batch, open_store
 from fashion_mlops.tracking.tensorboard import TensorBoardRun
-from fashion_mlops.train import EpochResult
+from fashion_mlops.train import EpochResult, resolved_settings
 
 EXAMPLE_IMAGES = 4  # the logged model's input example: torch.export fixes the batch size of a one-image example
 REASON_CHARS = 5000
 
 
 def start_sweep(
-    params: Params, params_path: Path, manifest: Manifest, n_cells: int, export: exporter.ModelExporter | None
+    params: Params,
+    params_path: Path,
+    manifest: Manifest,
+    n_cells: int,
+    export: exporter.ModelExporter | None,
+    data_digest: str,
+    threads: int,
 ) -> SweepTracking:
-    """Open the sweep's parent run (or track nothing, when tracking is off); `export` logs the models, if any."""
+    """Open the sweep's parent run (or track nothing, when tracking is off); `export` logs the models, if any.
+
+    `data_digest` is the content digest of the data files on disk, `threads` the CPU threads a cell trains with
+    unless its train.threads says otherwise: both are part of each run's fingerprint.
+    """
     if not params.tracking.enabled:
         return NullSweep()
-    return SweepRun.start(params, params_path, manifest, n_cells, export)
+    return SweepRun.start(params, params_path, manifest, n_cells, export, data_digest, threads)
 
 
 @contextmanager
 def tracking_writes() -> Iterator[None]:
-    """A failed write to the store or the event files stops the sweep with one line, not a traceback."""
+    """A failed write to the store or the event files stops the sweep with one line, not a traceback.
+
+    When the failure is a tracking server that stopped answering, the store is marked unreachable: the writes that
+    would end runs on the way out are skipped instead of each waiting out MLflow's retries.
+    """
     try:
         yield
     except (MlflowException, OSError) as error:
+        if store.server_gone(mlflow.get_tracking_uri()):
+            raise TrackingFailed(
+                f"tracking server {mlflow.get_tracking_uri()} stopped answering; the sweep stopped. Its runs stay "
+                "RUNNING there until the next sweep on this host ends them KILLED"
+            ) from None
         raise TrackingFailed(f"a tracking write failed: {type(error).__name__}: {error}") from None
 
 
-def run_fingerprint(cell: Cell, params: Params, data_digest: str) -> str:
-    """What makes two runs' results equal: all run params, the data split, the data and the code."""
+def run_fingerprint(cell: Cell, params: Params, data_digest: str, threads: int) -> str:
+    """What makes two runs' results equal: all run params, the data split, the data on disk, the code, and how
+    this machine resolves the settings that are left to it (device, precision, CPU threads)."""
     identity = repr(
         (
             sorted(cell.flat_params().items()),
@@ -68,6 +88,7 @@ def run_fingerprint(cell: Cell, params: Params, data_digest: str) -> str:
             data_digest,
             code_version(),
             version("torch"),
+            sorted(resolved_settings(cell.train, cell.train.threads or threads).items()),
         )
     )
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
@@ -93,7 +114,9 @@ def owner_tags() -> dict[str, str]:
 
 
 def end_run(run_id: str, status: str, reason: str | None = None) -> None:
-    """End a run with `status` (FINISHED, FAILED or KILLED), the reason as a tag."""
+    """End a run with `status` (FINISHED, FAILED or KILLED), the reason as a tag (not on a server that is gone)."""
+    if store.marked_gone():
+        return
     client = mlflow.MlflowClient()
     if reason:
         client.set_tag(run_id, tags.FAILURE, reason[:REASON_CHARS])
@@ -138,6 +161,7 @@ class CellRunFactory:
     tags: dict[str, str]
     dataset_name: str
     data_digest: str
+    threads: int  # a cell's CPU threads unless its train.threads says otherwise
     exports: Any | None  # the export process's inbox; None when models are not logged
 
     def cell(self, cell: Cell) -> MlflowCellRun:
@@ -145,7 +169,7 @@ class CellRunFactory:
         return MlflowCellRun(self, cell)
 
     def fingerprint(self, cell: Cell) -> str:
-        return run_fingerprint(cell, self.params, self.data_digest)
+        return run_fingerprint(cell, self.params, self.data_digest, self.threads)
 
     def cell_tags(self, cell: Cell, tensorboard_dir: str) -> dict[str, str]:
         """The tags of one grid cell's child run of this sweep."""
@@ -188,10 +212,12 @@ class MlflowCellRun:
 
     def epoch(self, result: EpochResult, model: nn.Module) -> None:
         every = self.factory.params.tracking.histogram_every
+        # histograms every `every` epochs and at the last one, so a run shorter than `every` has them too
+        due = every and (result.epoch % every == 0 or result.epoch == self.cell.train.epochs)
         values = result.as_dict()
         with tracking_writes():
             self.client.log_batch(self.run_id, metrics=metric_batch(values, step=values.pop("epoch")))
-            self.tensorboard.log_epoch(result, model if every and result.epoch % every == 0 else None)
+            self.tensorboard.log_epoch(result, model if due else None)
 
     def finish(self, model: nn.Module, history: list[EpochResult], duration_s: float, val: Split) -> None:
         final = history[-1]
@@ -254,6 +280,8 @@ class SweepRun:
         manifest: Manifest,
         n_cells: int,
         export: exporter.ModelExporter | None,
+        data_digest: str,
+        threads: int,
     ) -> SweepRun:
         if export is not None:
             export.connected()  # one process creates a new store's schema at a time
@@ -276,7 +304,8 @@ class SweepRun:
             experiment_id,
             common,
             manifest.name,
-            manifest.digest(),
+            data_digest,
+            threads,
             export.inbox if export else None,
         )
         return cls(runs, export)
@@ -288,7 +317,8 @@ class SweepRun:
             return {cell.index: reused for cell in cells if (reused := self._reuse(cell)) is not None}
 
     def _reuse(self, cell: Cell) -> ReusedCell | None:
-        """A FINISHED child run copying the newest earlier run with the same fingerprint and a logged model."""
+        """A FINISHED child run copying the newest earlier run with the same fingerprint whose logged model and
+        TensorBoard events are still there (a deleted `mlruns/` or `runs/` means training the cell again)."""
         earlier = self.client.search_runs(
             [self.runs.experiment_id],
             filter_string=f"tags.`{tags.FINGERPRINT}` = '{self.runs.fingerprint(cell)}' "
@@ -296,14 +326,15 @@ class SweepRun:
             order_by=["attributes.start_time DESC"],
             max_results=5,
         )
-        found = next((run for run in earlier if tags.MODEL_URI in run.data.tags), None)
+        found = next((run for run in earlier if _intact(run, self.runs.params.tracking.log_models)), None)
         if found is None:
             return None
-        model_uri = found.data.tags[tags.MODEL_URI]
+        model_uri = found.data.tags.get(tags.MODEL_URI)
         run_tags = self.runs.cell_tags(cell, found.data.tags.get(tags.TENSORBOARD, "")) | {
-            tags.REUSED_FROM: found.info.run_id,
-            tags.MODEL_URI: model_uri,
+            tags.REUSED_FROM: found.info.run_id
         }
+        if model_uri:
+            run_tags[tags.MODEL_URI] = model_uri
         child = self.client.create_run(self.runs.experiment_id, run_name=cell.name, tags=run_tags)
         history = self._copy_results(found, child.info.run_id)
         self.client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
@@ -339,20 +370,37 @@ class SweepRun:
             end_run(self.sweep_run_id, "FINISHED")
 
     def end(self, status: str, reason: str | None = None) -> None:
-        """Let the export process log what it was sent, then end every run of the sweep still RUNNING."""
+        """Let the export process log what it was sent, then end every run of the sweep still RUNNING.
+
+        On a tracking server that is gone, none of that can be written: the export process is given a few seconds
+        and the sweep stops at once.
+        """
+        gone = store.server_gone(mlflow.get_tracking_uri())
         try:
             if self.exporter is not None:
                 with contextlib.suppress(TrackingFailed):  # the sweep already stops for a reason of its own
-                    self.exporter.close()
+                    self.exporter.close(exporter.GONE_CLOSE_TIMEOUT_S if gone else exporter.CLOSE_TIMEOUT_S)
         finally:
-            with tracking_writes():
-                open_cells = self.client.search_runs(
-                    [self.runs.experiment_id],
-                    filter_string=f"tags.`{tags.SWEEP}` = '{self.sweep_run_id}' and attributes.status = 'RUNNING'",
-                )
-                for run in open_cells:
-                    end_run(run.info.run_id, status, f"still RUNNING when the sweep ended ({reason})")
-                end_run(self.sweep_run_id, status, reason)
+            if not gone:
+                self._end_open_runs(status, reason)
+
+    def _end_open_runs(self, status: str, reason: str | None) -> None:
+        with tracking_writes():
+            open_cells = self.client.search_runs(
+                [self.runs.experiment_id],
+                filter_string=f"tags.`{tags.SWEEP}` = '{self.sweep_run_id}' and attributes.status = 'RUNNING'",
+            )
+            for run in open_cells:
+                end_run(run.info.run_id, status, f"still RUNNING when the sweep ended ({reason})")
+            end_run(self.sweep_run_id, status, reason)
+
+
+def _intact(run: Run, log_models: bool) -> bool:
+    """The run's logged model (when models are logged) and its TensorBoard events are still there."""
+    model_uri = run.data.tags.get(tags.MODEL_URI)
+    if log_models and (model_uri is None or inventory.model_problem(model_uri) is not None):
+        return False
+    return inventory.tensorboard_problem(run.data.tags.get(tags.TENSORBOARD)) is None
 
 
 def sweep_params(params: Params, n_runs: int) -> dict[str, Any]:

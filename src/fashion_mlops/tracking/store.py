@@ -42,6 +42,26 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+_gone: set[str] = set()
+
+
+def server_gone(uri: str) -> bool:
+    """Whether the tracking server at `uri` has stopped answering (asked once; a server found gone stays gone)."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return False
+    if uri not in _gone:
+        try:
+            check_reachable(uri)
+        except TrackingUnavailable:
+            _gone.add(uri)
+    return uri in _gone
+
+
+def marked_gone() -> bool:
+    """Whether this process found its tracking server gone: writes that only tidy up are skipped."""
+    return bool(_gone)
+
+
 def connect(params: Params) -> str:
     """Point MLflow at the store and make sure the experiment exists, marked as model training; returns its id."""
     uri = tracking_uri(params)
@@ -97,8 +117,15 @@ def lock_path(uri: str) -> Path:
 _busy_timeout_installed = False
 
 
+BUSY_TIMEOUT_PRAGMA = f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"
+
+
 def _wait_when_sqlite_is_busy() -> None:
-    """Every SQLite connection waits up to a minute for a concurrent writer instead of failing at once."""
+    """Every SQLite connection waits up to SQLITE_BUSY_TIMEOUT_MS for a concurrent writer instead of failing.
+
+    MLflow sets its own busy timeout at the start of every session (a fixed `PRAGMA busy_timeout = ...`), which
+    would override one set when the connection opens; so that statement is rewritten to ours as it is sent.
+    """
     global _busy_timeout_installed
     if _busy_timeout_installed:
         return
@@ -109,7 +136,13 @@ def _wait_when_sqlite_is_busy() -> None:
     def _set_busy_timeout(dbapi_connection, connection_record) -> None:
         if type(dbapi_connection).__module__.startswith("sqlite3"):
             cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(BUSY_TIMEOUT_PRAGMA)
             cursor.close()
+
+    @event.listens_for(Engine, "before_cursor_execute", retval=True)
+    def _keep_busy_timeout(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().lower().startswith("pragma busy_timeout ="):
+            return BUSY_TIMEOUT_PRAGMA, parameters
+        return statement, parameters
 
     _busy_timeout_installed = True

@@ -12,6 +12,9 @@ FAILURE = "fashion_mlops.failure"  # why a run ended FAILED or KILLED
 HOST = "fashion_mlops.host"  # the host and process that own a RUNNING run, so a later sweep can tell
 PID = "fashion_mlops.pid"  # a live run from one whose process died
 PARENT = "mlflow.parentRunId"
+# on a registry version: the test data it was measured on (the alias only moves between versions of equal digest)
+TEST_DATA_DIGEST = "fashion_mlops.test_data_digest"
+TEST_DATA_NAME = "fashion_mlops.test_data"
 GIT_COMMIT = "mlflow.source.git.commit"  # the commit the code came from, and whether it had uncommitted changes
 GIT_DIRTY = "git.dirty"
 PARAMS_FILE = "dvc.params_file"  # the DVC params file, and the SHA-256 of its bytes
