@@ -129,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return UserError.exit_code
+    except Exception as error:
+        if not type(error).__module__.startswith("mlflow."):
+            raise
+        # the store refused or failed a request (auth, a server error, a locked or outdated database)
+        print(f"error: the tracking store failed: {one_line(str(error))}", file=sys.stderr)
+        return UserError.exit_code
     return 0
 
 

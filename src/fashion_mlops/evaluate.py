@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 
 from fashion_mlops.config import Params
@@ -84,23 +86,52 @@ def read_best_run(reports: Reports, uri: str) -> dict[str, Any]:
     return best
 
 
-def check_same_test_data(champion: registry.Champion | None, digest: str, dataset: str) -> None:
+def champion_test_digest(champion: registry.Champion, manifest: Manifest) -> str | None:
+    """The test-data digest the alias holder was measured on. A version registered before digests were recorded
+    has none: then its training run's dataset input (the digest of all four files) tells whether it is this data."""
+    held = champion.version.tags.get(tags.TEST_DATA_DIGEST)
+    if held or not champion.version.run_id:
+        return held
+    try:
+        run = mlflow.MlflowClient().get_run(champion.version.run_id)
+    except MlflowException:
+        return None
+    trained_on = {entry.dataset.digest for entry in run.inputs.dataset_inputs}
+    return test_data_digest(manifest) if manifest.digest() in trained_on else None
+
+
+def check_same_test_data(champion: registry.Champion | None, manifest: Manifest) -> None:
     """The alias only moves between versions measured on the same test data: scores on other data do not compare."""
     if champion is None:
         return
-    held = champion.version.tags.get(tags.TEST_DATA_DIGEST)
+    held = champion_test_digest(champion, manifest)
+    digest, dataset = test_data_digest(manifest), manifest.name
     if held == digest:
         return
     where = (
         f"test data {champion.version.tags.get(tags.TEST_DATA_NAME, '?')} (digest {held})"
         if held
-        else "unrecorded test data (registered before test-data digests)"
+        else "unrecorded test data (registered before test-data digests, from a run on other data)"
     )
     raise ChampionOnOtherData(
         f"{champion.uri} is v{champion.version.version}, measured on {where}; this candidate was measured on "
         f"{dataset} (digest {digest}): nothing was registered and the alias stays. Give this dataset a "
         "registry.model_name of its own"
     )
+
+
+def measure_champion(
+    champion: registry.Champion | None, test: Split, batch_size: int, tta_flip: bool
+) -> dict[str, float] | None:
+    """The alias holder's test metrics; None (and a note) when its files are gone, so any candidate replaces it:
+    a registry version is a pointer to a logged model's files, and a deleted `mlruns/` takes them."""
+    if champion is None:
+        return None
+    problem = inventory.model_problem(champion.uri)
+    if problem:
+        print(f"note: {champion.uri} (v{champion.version.version}) cannot be measured: {problem}", file=sys.stderr)
+        return None
+    return measure(champion.uri, test, batch_size, tta_flip)[0]
 
 
 def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[str, Any]:
@@ -111,13 +142,13 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
     digest = test_data_digest(manifest)
     settings = params.evaluate
     name, alias = params.registry.model_name, params.registry.alias
-    check_same_test_data(registry.current_champion(name, alias), digest, manifest.name)  # fail before measuring
+    check_same_test_data(registry.current_champion(name, alias), manifest)  # fail before measuring
     metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
     # Read the champion, compare and move the alias as one step, so racing evaluations cannot demote a better model.
     with FileLock(lock_path(tracking_uri(params)), timeout=REGISTRY_LOCK_TIMEOUT_S):
         champion = registry.current_champion(name, alias)
-        check_same_test_data(champion, digest, manifest.name)
-        champion_metrics = measure(champion.uri, test, settings.batch_size, settings.tta_flip)[0] if champion else None
+        check_same_test_data(champion, manifest)
+        champion_metrics = measure_champion(champion, test, settings.batch_size, settings.tta_flip)
         version = registry.register(
             best["model_uri"],
             name,
@@ -154,7 +185,9 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
         "run_name": best["run_name"],
         "alias": alias,
         "promoted": promoted,
-        "previous_champion": ({"version": int(champion.version.version), **champion_metrics} if champion else None),
+        "previous_champion": (
+            {"version": int(champion.version.version), **(champion_metrics or {"files": "gone"})} if champion else None
+        ),
         "champion_version": int(holder.version.version) if holder else None,
     }
     write_json(reports.evaluation, evaluation)

@@ -18,7 +18,7 @@ import mlflow
 
 from fashion_mlops.config import Params
 from fashion_mlops.reports import Reports, write_json
-from fashion_mlops.tracking import inventory, tags
+from fashion_mlops.tracking import inventory
 from fashion_mlops.tracking.store import check_reachable, open_store, tracking_uri
 
 
@@ -70,8 +70,7 @@ def _sweep_problem(reports: Reports, log_models: bool) -> str | None:
 
 
 def _events_problem(run_id: str) -> str | None:
-    log_dir = mlflow.MlflowClient().get_run(run_id).data.tags.get(tags.TENSORBOARD)
-    return inventory.tensorboard_problem(log_dir)
+    return inventory.events_problem(mlflow.MlflowClient().get_run(run_id))
 
 
 def _evaluation_problem(reports: Reports) -> str | None:
@@ -83,9 +82,7 @@ def _evaluation_problem(reports: Reports) -> str | None:
     name = evaluation.get("model_name")
     if not isinstance(name, str):
         return "it names no registered model"
-    return inventory.version_problem(name, evaluation.get("model_version")) or inventory.version_problem(
-        name, evaluation.get("champion_version"), evaluation.get("alias")
-    )
+    return inventory.version_problem(name, evaluation.get("model_version"), evaluation.get("model_uri"))
 
 
 def _read(path: Path) -> Any:

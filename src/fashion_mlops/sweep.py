@@ -52,20 +52,22 @@ class Execution:
 def plan_execution(params: Params, n_cells: int, default_threads: int) -> Execution:
     """`sweep.workers`, clamped to the cells, the CPU cores and the memory there are (saying so when it is).
 
-    The thread count depends only on params and the machine, never on how many cells are left to train: a resumed
-    sweep trains a cell exactly as an uninterrupted one would (results are bit-identical only at equal threads).
+    The thread count depends only on params and the CPU, never on free memory or on how many cells are left to
+    train: a resumed sweep trains a cell exactly as an uninterrupted one would (results are bit-identical only at
+    equal threads). Memory only limits how many of those processes run at once.
     """
     asked = params.sweep.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     fits = max(1, _available_memory() // WORKER_MEMORY_BYTES) if asked > 1 else asked
-    workers = max(1, min(asked, cores, fits, n_cells))
+    share = max(1, min(asked, cores, n_cells))
+    workers = max(1, min(share, fits))
     if workers < min(asked, n_cells):
         print(
             f"sweep.workers: {asked} -> {workers} worker processes: this machine has {cores} CPU core(s) "
             f"and memory for {fits} worker(s) (about {WORKER_MEMORY_BYTES >> 20} MiB each)",
             file=sys.stderr,
         )
-    return Execution(workers, max(1, default_threads // workers))
+    return Execution(workers, max(1, default_threads // share))
 
 
 def _available_memory() -> int:

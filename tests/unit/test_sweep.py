@@ -128,7 +128,8 @@ def test_workers_are_clamped_to_the_cores_and_the_memory_with_a_message(monkeypa
     assert "sweep.workers: 64 -> 2 worker processes" in message and "2 CPU core(s)" in message
 
     monkeypatch.setattr(sweep, "_available_memory", lambda: sweep.WORKER_MEMORY_BYTES + 1)
-    assert plan_execution(params, n_cells=6, default_threads=2).workers == 1
+    # memory limits how many processes run at once, never the threads each trains with (part of resume fingerprints)
+    assert plan_execution(params, n_cells=6, default_threads=2) == sweep.Execution(workers=1, threads=1)
     assert "memory for 1 worker(s)" in capsys.readouterr().err
 
 

@@ -111,6 +111,7 @@ class ModelExporter:
                     self._take(self.replies.get(timeout=POLL_S))
             if self.process.is_alive():
                 self.process.terminate()
+                self.failure = self.failure or f"it did not log the trained models within {timeout_s:.0f} s"
             self.process.join()
         self.check()
         return self.model_uris

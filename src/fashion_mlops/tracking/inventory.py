@@ -7,10 +7,15 @@ clone, a deleted `mlflow.db`, `mlruns/` or `runs/`), so that the pipeline rebuil
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+
+from fashion_mlops.errors import TrackingFailed
+from fashion_mlops.tracking import tags
 
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
@@ -42,9 +47,17 @@ def model_problem(model_uri: str | None) -> str | None:
         if error.error_code in MISSING:
             return f"model {model_uri} is not in the store"
         raise
-    except OSError:
-        names = set()
+    except OSError as error:  # a missing directory lists as empty: this is a disk or network error, not a loss
+        raise TrackingFailed(f"cannot list the files of model {model_uri}: {error}") from None
     return None if "MLmodel" in names else f"the files of model {model_uri} are gone"
+
+
+def events_problem(run: Run) -> str | None:
+    """None if the run's TensorBoard events are there, or were written on another host (a shared tracking server
+    holds runs from several machines; each keeps its own event files)."""
+    if run.data.tags.get(tags.HOST, socket.gethostname()) != socket.gethostname():
+        return None
+    return tensorboard_problem(run.data.tags.get(tags.TENSORBOARD))
 
 
 def tensorboard_problem(log_dir: str | None) -> str | None:
@@ -56,8 +69,11 @@ def tensorboard_problem(log_dir: str | None) -> str | None:
     return None
 
 
-def version_problem(name: str, version: int | str | None, alias: str | None = None) -> str | None:
-    """None if version `version` of registered model `name` exists (and holds `alias`, if given)."""
+def version_problem(name: str, version: int | str | None, model_uri: str | None) -> str | None:
+    """None if version `version` of registered model `name` exists and is the model at `model_uri`.
+
+    Who holds the alias is not checked: a later evaluation may rightly have moved it.
+    """
     client = mlflow.MlflowClient()
     try:
         found = client.get_model_version(name, str(version))
@@ -65,6 +81,6 @@ def version_problem(name: str, version: int | str | None, alias: str | None = No
         if error.error_code in MISSING:
             return f"version {version} of registered model {name} is not in the store"
         raise
-    if alias is not None and alias not in found.aliases:
-        return f"version {version} of {name} does not hold @{alias}"
+    if found.tags.get("model_uri") != model_uri:
+        return f"version {version} of {name} is another model than {model_uri}"
     return None

@@ -333,6 +333,8 @@ class SweepRun:
         run_tags = self.runs.cell_tags(cell, found.data.tags.get(tags.TENSORBOARD, "")) | {
             tags.REUSED_FROM: found.info.run_id
         }
+        if tags.HOST in found.data.tags:  # the host whose disk holds the events (no pid: the run is never RUNNING)
+            run_tags[tags.HOST] = found.data.tags[tags.HOST]
         if model_uri:
             run_tags[tags.MODEL_URI] = model_uri
         child = self.client.create_run(self.runs.experiment_id, run_name=cell.name, tags=run_tags)
@@ -400,7 +402,7 @@ def _intact(run: Run, log_models: bool) -> bool:
     model_uri = run.data.tags.get(tags.MODEL_URI)
     if log_models and (model_uri is None or inventory.model_problem(model_uri) is not None):
         return False
-    return inventory.tensorboard_problem(run.data.tags.get(tags.TENSORBOARD)) is None
+    return inventory.events_problem(run) is None
 
 
 def sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
