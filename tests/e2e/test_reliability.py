@@ -881,7 +881,7 @@ def test_a_candidate_measured_on_other_test_data_never_takes_the_alias(
     errors = result.error_lines()
     assert len(errors) == 1 and "measured on" in errors[0] and "registry.model_name" in errors[0], result.stderr
     holder = client.get_model_version_by_alias(registry["model_name"], registry["alias"])
-    assert holder.version == registry_steps["worse"].holder
+    assert str(holder.version) == registry_steps["worse"].holder
     after = sorted(v.version for v in client.search_model_versions(f"name = '{registry['model_name']}'"))
     assert after == versions_before, "a version was registered"
     assert not (work.reports / "evaluation.json").exists()
