@@ -56,7 +56,30 @@ def start_sweep(
     """
     if not params.tracking.enabled:
         return NullSweep()
-    return SweepRun.start(params, params_path, manifest, n_cells, export, data_digest, threads)
+    if export is not None:
+        export.connected()  # one process creates a new store's schema at a time
+    experiment_id = connect(params)
+    with tracking_writes():
+        reap_orphaned_runs(experiment_id)
+        common = common_tags(params_path)
+        parent = mlflow.MlflowClient().create_run(
+            experiment_id,
+            run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags=common | {tags.KIND: "sweep"} | owner_tags(),
+        )
+        run_params = sweep_params(params, n_cells)
+        mlflow.MlflowClient().log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()])
+    runs = CellRunFactory(
+        params,
+        parent.info.run_id,
+        experiment_id,
+        common,
+        manifest.name,
+        data_digest,
+        threads,
+        export.inbox if export else None,
+    )
+    return SweepRun(runs, export)
 
 
 @contextmanager
@@ -271,44 +294,6 @@ class SweepRun:
     @property
     def sweep_run_id(self) -> str:
         return self.runs.sweep_run_id
-
-    @classmethod
-    def start(
-        cls,
-        params: Params,
-        params_path: Path,
-        manifest: Manifest,
-        n_cells: int,
-        export: exporter.ModelExporter | None,
-        data_digest: str,
-        threads: int,
-    ) -> SweepRun:
-        if export is not None:
-            export.connected()  # one process creates a new store's schema at a time
-        experiment_id = connect(params)
-        with tracking_writes():
-            reap_orphaned_runs(experiment_id)
-            common = common_tags(params_path)
-            parent = mlflow.MlflowClient().create_run(
-                experiment_id,
-                run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags=common | {tags.KIND: "sweep"} | owner_tags(),
-            )
-            run_params = sweep_params(params, n_cells)
-            mlflow.MlflowClient().log_batch(
-                parent.info.run_id, params=[Param(k, str(v)) for k, v in run_params.items()]
-            )
-        runs = CellRunFactory(
-            params,
-            parent.info.run_id,
-            experiment_id,
-            common,
-            manifest.name,
-            data_digest,
-            threads,
-            export.inbox if export else None,
-        )
-        return cls(runs, export)
 
     def reuse(self, cells: list[Cell]) -> dict[int, ReusedCell]:
         if not self.runs.params.sweep.resume:
