@@ -1,5 +1,5 @@
-"""`fashion-mlops validate | download | check-store | sweep | evaluate | make-sample`: one command per DVC stage, and
-the checks."""
+"""`fashion-mlops validate | download | check-store | sweep | evaluate | export | predict | make-sample`: one
+command per DVC stage, batch prediction, and the checks."""
 
 from __future__ import annotations
 
@@ -69,6 +69,21 @@ def cmd_evaluate(params: Params, manifest: Manifest, args: argparse.Namespace) -
     )
 
 
+def cmd_export(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops.export.stage import run_export
+
+    report = run_export(params, manifest, Reports(Path(args.reports)))
+    for runtime, figures in report["runtimes"].items():
+        print(
+            f"{runtime:>8}: test accuracy {figures['test_accuracy']:.4f}, agreement {figures['agreement']:.4%}, "
+            f"max |dp| {figures['max_probability_diff']:.1e}, batch-1 p50 {figures['latency_ms_p50']:.3f} ms, "
+            f"{figures['images_per_s_batch256']:.0f} images/s at batch 256"
+        )
+    onnx = report["onnx"]
+    registered = f"{onnx['model_name']} v{onnx['model_version']}"
+    print(f"wrote {onnx['path']} and {report['openvino']['path']}; registered {registered}")
+
+
 def make_sample(args: argparse.Namespace) -> None:
     from fashion_mlops.data.sample import write_sample_dataset
 
@@ -82,6 +97,7 @@ COMMANDS: dict[str, Command] = {
     "check-store": cmd_check_store,
     "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
+    "export": cmd_export,
 }
 
 
@@ -95,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-store", help="remove the reports whose runs, models or events the tracking store lost")
     sub.add_parser("sweep", help="train every grid cell, track it, pick the best on validation")
     sub.add_parser("evaluate", help="test the best model, register it, move the alias if better")
+    sub.add_parser("export", help="export the champion to ONNX and OpenVINO, check parity, register the ONNX model")
     sample = sub.add_parser("make-sample", help="write the small synthetic IDX dataset that data.dvc tracks")
     sample.add_argument("--out", default="data/sample")
     sample.add_argument("--train", type=int, default=2000)

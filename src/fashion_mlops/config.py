@@ -215,6 +215,13 @@ class EvaluateConfig(_Strict):
     tta_flip: bool = False
 
 
+class ExportConfig(_Strict):
+    """How the export stage times each runtime (test accuracy and parity always use the whole test set)."""
+
+    latency_calls: int = Field(default=500, ge=1, le=100_000)  # timed batch-1 calls per runtime
+    throughput_batches: int = Field(default=20, ge=1, le=1_000)  # timed batches of 256 per runtime
+
+
 class Params(_Strict):
     """The whole of params.yaml."""
 
@@ -225,6 +232,7 @@ class Params(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _grid_values_are_valid(self) -> Params:

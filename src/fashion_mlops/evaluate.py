@@ -134,6 +134,21 @@ def measure_champion(
     return measure(champion.uri, test, batch_size, tta_flip)[0]
 
 
+def champion_record(holder: registry.Champion | None, alias: str) -> dict[str, Any]:
+    """What export needs to know of the alias holder, and nothing that changes while it stays the holder: the file
+    stays byte-identical, so DVC reruns export only for a new champion."""
+    if holder is None:
+        return {"alias": alias, "model_name": None, "version": None, "model_uri": None, "run_id": None}
+    version = holder.version
+    return {
+        "alias": alias,
+        "model_name": version.name,
+        "version": int(version.version),
+        "model_uri": version.tags.get("model_uri"),
+        "run_id": version.run_id,
+    }
+
+
 def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[str, Any]:
     """Measure the sweep's best model on the test set, register it, and move the alias if it is better."""
     test = load_split(manifest, Path(params.data.dir), "test")
@@ -191,6 +206,7 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
         "champion_version": int(holder.version.version) if holder else None,
     }
     write_json(reports.evaluation, evaluation)
+    write_json(reports.champion, champion_record(holder, alias))
     names = np.array(manifest.classes)
     write_text(
         reports.confusion_csv,

@@ -47,6 +47,17 @@ class Reports:
         return self.root / "evaluation.json"
 
     @property
+    def champion(self) -> Path:
+        """The registry version holding the alias after evaluate: evaluate's output, export's input (a new
+        champion reruns export; an unchanged one leaves the file byte-identical)."""
+        return self.root / "champion.json"
+
+    @property
+    def export(self) -> Path:
+        """Parity, accuracy and speed of the exported champion in each runtime (DVC metrics)."""
+        return self.root / "export.json"
+
+    @property
     def confusion_csv(self) -> Path:
         return self.root / "confusion_matrix.csv"
 
@@ -58,7 +69,7 @@ class Reports:
         return self.sweep_csv, self.sweep_json, self.best_run
 
     def evaluate_outputs(self) -> tuple[Path, ...]:
-        return self.evaluation, self.confusion_csv, self.confusion_png
+        return self.evaluation, self.champion, self.confusion_csv, self.confusion_png
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ STAGE_MODULES = {
     "check_store": "fashion_mlops.store_check",
     "train_sweep": "fashion_mlops.sweep",
     "evaluate": "fashion_mlops.evaluate",
+    "export": "fashion_mlops.export.stage",
 }
 
 

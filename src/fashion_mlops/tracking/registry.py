@@ -28,11 +28,16 @@ def current_champion(name: str, alias: str) -> Champion | None:
     return Champion(version, f"models:/{name}@{alias}")
 
 
-def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
+DESCRIPTION = "Best Fashion-MNIST CNN of each sweep"
+
+
+def register(
+    model_uri: str, name: str, run_id: str, tags: dict[str, str], description: str = DESCRIPTION
+) -> ModelVersion:
     """A version of `name` for this model; an existing version of the same model is reused, not duplicated."""
     client = mlflow.MlflowClient()
     try:
-        client.create_registered_model(name, description="Best Fashion-MNIST CNN of each sweep")
+        client.create_registered_model(name, description=description)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -58,3 +63,20 @@ def promote_if_better(
         return False
     mlflow.MlflowClient().set_registered_model_alias(name, alias, candidate.version)
     return True
+
+
+def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """A version of `name` carrying all of `tags`, or None (also when `name` is not registered)."""
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+    return next((v for v in versions if all(v.tags.get(k) == value for k, value in tags.items())), None)
+
+
+def holds_alias(name: str, alias: str, version: str) -> bool:
+    """Whether `alias` of `name` is on `version` right now (read afresh: another host may have moved it)."""
+    holder = current_champion(name, alias)
+    return holder is not None and holder.version.version == version

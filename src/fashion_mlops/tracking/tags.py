@@ -24,3 +24,8 @@ CODE_VERSION = "fashion_mlops.code_version"
 # the experiment's kind in MLflow 3; its 3.17 UI shows the view its sidebar toggle names instead (README)
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# between a registry version and its ONNX twin (registered as `<model_name>-onnx`), so either finds the other
+ONNX_VERSION = "fashion_mlops.onnx_version"  # on the source (pt2) version
+SOURCE_VERSION = "fashion_mlops.source_version"  # on the ONNX version
+ONNX_SHA256 = "fashion_mlops.onnx_sha256"  # on the ONNX version: the exported file it holds
+OPENVINO_URI = "fashion_mlops.openvino_uri"  # on the ONNX version: the OpenVINO IR logged beside it

@@ -1,0 +1,144 @@
+"""Exported model files are untrusted too: check an ONNX model or an OpenVINO IR before a runtime loads it.
+
+Neither format carries code, but both can reach beyond themselves: an ONNX tensor may keep its data in an external
+file named by a path (any file the process can read), a custom-domain operator asks the runtime for a library, and
+either file can be made large enough to exhaust memory. What `export` writes has none of that, so anything else is
+refused, with one line naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fashion_mlops.errors import UserError
+
+MAX_MODEL_BYTES = 256 << 20
+MAX_MLMODEL_BYTES = 1 << 20
+ONNX_DOMAINS = frozenset({"", "ai.onnx"})
+ONNX_FILE = "model.onnx"
+# what mlflow.onnx.log_model writes (with save_as_external_data=False); MLflow leaves some out, so none is required
+ONNX_ARTIFACT_FILES = frozenset(
+    {
+        "MLmodel",
+        ONNX_FILE,
+        "conda.yaml",
+        "python_env.yaml",
+        "requirements.txt",
+        "input_example.json",
+        "serving_input_example.json",
+        "registered_model_meta",
+    }
+)
+
+
+class UntrustedExport(UserError):
+    """An exported model's files are not what `fashion-mlops export` writes."""
+
+
+def check_onnx_file(path: Path) -> None:
+    """Raise UntrustedExport unless `path` is a self-contained ONNX model of standard operators only."""
+    import onnx
+
+    _check_size(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and onnx's own errors share no base
+        raise UntrustedExport(f"refusing to load {path}: not an ONNX model ({type(error).__name__})") from None
+    tensors = [*model.graph.initializer, *_constant_tensors(model)]
+    if external := [t.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]:
+        raise UntrustedExport(f"refusing to load {path}: tensors keep their data in other files ({_show(external)})")
+    domains = {entry.domain for entry in model.opset_import} | {node.domain for node in _nodes(model)}
+    if other := sorted(domains - ONNX_DOMAINS):
+        raise UntrustedExport(f"refusing to load {path}: it uses operators outside the ONNX standard ({_show(other)})")
+    if model.functions:
+        raise UntrustedExport(f"refusing to load {path}: it defines functions of its own, which export never writes")
+
+
+def check_onnx_model_dir(model_dir: Path, model_uri: str) -> Path:
+    """The ONNX file of a logged ONNX model, once the directory is exactly what mlflow.onnx.log_model writes."""
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_symlink() or not mlmodel.is_file() or mlmodel.stat().st_size > MAX_MLMODEL_BYTES:
+        raise UntrustedExport(f"refusing to load {model_uri}: it has no MLmodel file of ours")
+    try:
+        flavors = (yaml.safe_load(mlmodel.read_bytes()) or {}).get("flavors")
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, AttributeError):
+        raise UntrustedExport(f"refusing to load {model_uri}: its MLmodel is not an MLflow model description") from None
+    onnx_flavor = flavors.get("onnx") if isinstance(flavors, dict) else None
+    if not isinstance(onnx_flavor, dict) or set(flavors) - {"onnx", "python_function"}:
+        raise UntrustedExport(f"refusing to load {model_uri}: it is not an ONNX model (flavors onnx, python_function)")
+    if onnx_flavor.get("data") != ONNX_FILE or any(
+        isinstance(conf, dict) and conf.get("code") for conf in flavors.values()
+    ):
+        raise UntrustedExport(f"refusing to load {model_uri}: its MLmodel names other files or code paths")
+    found = []
+    for path in sorted(model_dir.rglob("*")):
+        name = path.relative_to(model_dir).as_posix()
+        if path.is_symlink() or path.is_dir() or name not in ONNX_ARTIFACT_FILES:
+            found.append(name)
+    if found:
+        raise UntrustedExport(
+            f"refusing to load {model_uri}: it holds files a logged ONNX model does not ({_show(found)})"
+        )
+    check_onnx_file(model_dir / ONNX_FILE)
+    return model_dir / ONNX_FILE
+
+
+def check_openvino_dir(directory: Path) -> Path:
+    """The IR's .xml file, once `directory` holds exactly one IR (an .xml and its .bin) and nothing else."""
+    entries = sorted(directory.iterdir()) if directory.is_dir() else []
+    xml = [p for p in entries if p.suffix == ".xml"]
+    if len(xml) != 1 or sorted(p.name for p in entries) != sorted([xml[0].name, xml[0].with_suffix(".bin").name]):
+        raise UntrustedExport(f"refusing to load {directory}: it must hold one OpenVINO IR (NAME.xml + NAME.bin) only")
+    for path in entries:
+        if path.is_symlink() or not path.is_file():
+            raise UntrustedExport(f"refusing to load {directory}: {path.name} is not a regular file")
+        _check_size(path)
+    check_openvino_xml(xml[0])
+    return xml[0]
+
+
+def check_openvino_xml(xml: Path) -> None:
+    """Refuse an IR whose XML declares a DTD or entities (the billion-laughs kind of file) or custom layers."""
+    head = xml.read_bytes()[: 1 << 16]
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+        raise UntrustedExport(f"refusing to load {xml}: its XML declares a DTD or entities")
+
+
+def _check_size(path: Path) -> None:
+    if path.is_symlink() or not path.is_file():
+        raise UntrustedExport(f"refusing to load {path}: not a regular file")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise UntrustedExport(f"refusing to load {path}: {path.stat().st_size} bytes, more than {MAX_MODEL_BYTES}")
+
+
+def _nodes(model):
+    """Every node of the model, subgraphs (If, Loop, Scan bodies) included."""
+    import onnx
+
+    pending = [model.graph]
+    while pending:
+        graph = pending.pop()
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+
+
+def _constant_tensors(model):
+    import onnx
+
+    for node in _nodes(model):
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _show(items, limit: int = 3) -> str:
+    items = [ascii(str(item))[:120] for item in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
