@@ -15,6 +15,7 @@ from fashion_mlops import interrupts
 from fashion_mlops.config import Params, check_against_manifest, load_params
 from fashion_mlops.data.manifest import Manifest, load_manifest
 from fashion_mlops.errors import UserError
+from fashion_mlops.inference import RUNTIMES
 from fashion_mlops.reports import Reports
 from fashion_mlops.tracking.client_settings import apply_client_defaults
 
@@ -84,6 +85,19 @@ def cmd_export(params: Params, manifest: Manifest, args: argparse.Namespace) -> 
     print(f"wrote {onnx['path']} and {report['openvino']['path']}; registered {registered}")
 
 
+def cmd_predict(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops.errors import DataError
+    from fashion_mlops.inference.predict import run_predict
+
+    outcome = run_predict(params, manifest, args.paths, args.runtime, args.model, args.out)
+    where = f" to {args.out}" if args.out else ""
+    print(f"{outcome.rows} image(s) classified with {outcome.model} ({args.runtime}){where}", file=sys.stderr)
+    if outcome.unreadable:
+        raise DataError(
+            f"{len(outcome.unreadable)} file(s) could not be read (each named above); the rest were classified"
+        )
+
+
 def make_sample(args: argparse.Namespace) -> None:
     from fashion_mlops.data.sample import write_sample_dataset
 
@@ -98,6 +112,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": cmd_sweep,
     "evaluate": cmd_evaluate,
     "export": cmd_export,
+    "predict": cmd_predict,
 }
 
 
@@ -112,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", help="train every grid cell, track it, pick the best on validation")
     sub.add_parser("evaluate", help="test the best model, register it, move the alias if better")
     sub.add_parser("export", help="export the champion to ONNX and OpenVINO, check parity, register the ONNX model")
+    predict = sub.add_parser(
+        "predict",
+        help="classify IDX, PNG or JPEG files (or folders of them) into CSV",
+        description="Class probabilities for each image, as CSV: file, index, label, then one column per class. "
+        "A 28x28 grayscale image is used as it is; other pictures are converted the way Fashion-MNIST was made.",
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="IDX, PNG or JPEG files, or folders")
+    predict.add_argument("--runtime", choices=RUNTIMES, default="torch", help="default: torch")
+    predict.add_argument("--model", help="a model URI or file (default: the registry's champion for the runtime)")
+    predict.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     sample = sub.add_parser("make-sample", help="write the small synthetic IDX dataset that data.dvc tracks")
     sample.add_argument("--out", default="data/sample")
     sample.add_argument("--train", type=int, default=2000)

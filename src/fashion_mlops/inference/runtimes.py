@@ -14,7 +14,6 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
-RUNTIMES = ("torch", "onnx", "openvino")
 LABELS = {"torch": "PyTorch (eager)", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
