@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +44,7 @@ def tiny_params(dataset: Path, workdir: Path, **overrides: Any) -> dict[str, Any
         },
         "registry": {"model_name": "test-cnn", "alias": "champion"},
         "evaluate": {"batch_size": 50, "tta_flip": False},
+        "export": {"latency_calls": 20, "throughput_batches": 2},
     }
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
@@ -46,3 +55,34 @@ def tiny_params(dataset: Path, workdir: Path, **overrides: Any) -> dict[str, Any
 def write_params(path: Path, params: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+# --- servers the tests start on 127.0.0.1 and stop by process group ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            if response.status == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.25)
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -38,12 +38,18 @@ def run_store_check(params: Params, reports: Reports) -> list[str]:
             f"{reports.best_run} names what {_without_credentials(uri)} does not hold ({sweep_problem}): "
             "removed, so this `dvc repro` trains the sweep again"
         )
-        _remove(reports.best_run)
+        reports.best_run.unlink(missing_ok=True)
     if sweep_problem or evaluation_problem:
         if reports.evaluation.exists():
             reason = evaluation_problem or "its sweep is trained again"
             lines.append(f"{reports.evaluation}: removed ({reason}), so this `dvc repro` evaluates again")
-        _remove(reports.evaluation)
+        reports.evaluation.unlink(missing_ok=True)
+    export_problem = _export_problem(reports)
+    if sweep_problem or evaluation_problem or export_problem:
+        if reports.export.exists():
+            reason = export_problem or "the champion is evaluated again"
+            lines.append(f"{reports.export}: removed ({reason}), so this `dvc repro` exports again")
+        reports.export.unlink(missing_ok=True)
     if not lines:
         where = _without_credentials(uri)
         lines.append(f"{where} holds every run, model, event file and registry version that reports/ names")
@@ -85,6 +91,20 @@ def _evaluation_problem(reports: Reports) -> str | None:
     return inventory.version_problem(name, evaluation.get("model_version"), evaluation.get("model_uri"))
 
 
+def _export_problem(reports: Reports) -> str | None:
+    """What the store lacks of the ONNX version that reports/export.json names (its OpenVINO IR is logged in the
+    same run)."""
+    exported = _read(reports.export)
+    if exported is None:
+        return None
+    onnx = exported.get("onnx") if isinstance(exported, dict) else None
+    if not isinstance(onnx, dict) or not isinstance(onnx.get("model_name"), str):
+        return "it is unreadable"
+    return inventory.version_problem(
+        onnx["model_name"], onnx.get("model_version"), onnx.get("model_uri")
+    ) or inventory.model_problem(onnx.get("model_uri"))
+
+
 def _read(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -92,10 +112,6 @@ def _read(path: Path) -> Any:
         return None
     except (OSError, ValueError):
         return "unreadable"
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _without_credentials(uri: str) -> str:

@@ -37,7 +37,7 @@ GRID = {"lr": [0.01, 0.003], "batch_size": [32, 64]}
 EPOCHS = 2
 N_RUNS = len(list(itertools.product(*GRID.values())))
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-STAGES = ("download", "train_sweep", "evaluate")
+STAGES = ("download", "train_sweep", "evaluate", "export")
 ALWAYS_RUNS = "check_store"  # cheap, and the one way DVC learns that the MLflow store lost what reports/ names
 # What `dvc repro` needs from the project; generated state (.venv, mlflow.db, mlruns, runs, data, reports) stays out.
 PROJECT_FILES = ("dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore")

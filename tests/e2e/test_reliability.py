@@ -23,12 +23,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ from fashion_mlops.data.download import download_dataset
 from fashion_mlops.data.manifest import load_manifest
 from fashion_mlops.repro_check import VOLATILE_COLUMNS
 from fashion_mlops.tracking import tags
-from helpers import REPO_ROOT, VENV_BIN, tiny_params, write_params
+from helpers import REPO_ROOT, VENV_BIN, free_port, stop_group, tiny_params, wait_for_http, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -311,12 +309,6 @@ def stable_rows(path: Path) -> list[dict[str, str]]:
 def load_events(directory: Path) -> event_accumulator.EventAccumulator:
     guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
     return event_accumulator.EventAccumulator(str(directory), size_guidance=guidance).Reload()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- shared set-ups -------------------------------------------------------------------------------------------
@@ -967,28 +959,6 @@ def running_mlflow_server(root: Path) -> Iterator[Server]:
     finally:
         stop_group(process)
         log.close()
-
-
-def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-            if response.status == 200:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer:\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.25)
-
-
-def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.fixture(scope="module")

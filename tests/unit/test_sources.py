@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fashion_mlops import sources
+from fashion_mlops.export.stage import ONNX_FILE, OPENVINO_DIR
 from fashion_mlops.reports import Reports
 from helpers import REPO_ROOT
 
@@ -69,3 +70,7 @@ def test_dvc_yaml_names_the_report_paths_the_stages_write() -> None:
     assert declared("check_store", "outs") == [str(reports.store)]
     assert str(reports.store) in declared("train_sweep", "deps")  # so check_store runs before the sweep
     assert DVC_YAML["stages"]["check_store"].get("always_changed") is True
+    # a new champion (evaluate rewrites champion.json) reruns export, which writes the models and its report
+    assert str(reports.champion) in declared("export", "deps")
+    assert declared("export", "metrics") == [str(reports.export)]
+    assert set(declared("export", "outs")) == {ONNX_FILE.as_posix(), OPENVINO_DIR.as_posix()}

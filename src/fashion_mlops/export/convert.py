@@ -6,11 +6,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
+
 if TYPE_CHECKING:
     from torch import nn
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 # torch.export specialises a batch of 1 to a constant; any larger example keeps the batch dimension symbolic
 EXAMPLE_BATCH = 2
 

@@ -19,7 +19,7 @@ from fashion_mlops.config import Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import load_split
 from fashion_mlops.errors import NotInStore
-from fashion_mlops.export.convert import INPUT_NAME, OUTPUT_NAME, to_onnx, to_openvino
+from fashion_mlops.export.convert import to_onnx, to_openvino
 from fashion_mlops.export.parity import (
     MAX_ACCURACY_DIFF,
     MAX_PROBABILITY_DIFF,
@@ -30,6 +30,7 @@ from fashion_mlops.export.parity import (
     parity_problem,
 )
 from fashion_mlops.export.timing import measure_speed
+from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
 from fashion_mlops.inference.exported_files import check_onnx_file, check_openvino_dir
 from fashion_mlops.inference.runtimes import LABELS, OnnxRuntime, OpenVinoRuntime, TorchRuntime, model_input
 from fashion_mlops.reports import Reports, write_json
@@ -105,6 +106,7 @@ def run_export(params: Params, manifest: Manifest, reports: Reports) -> dict[str
             "sha256": onnx_sha256,
             "model_name": twin.version.name,
             "model_version": int(twin.version.version),
+            "model_uri": twin.version.tags.get("model_uri"),
             "has_alias": twin.has_alias,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,

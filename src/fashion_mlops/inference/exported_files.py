@@ -16,6 +16,7 @@ from fashion_mlops.errors import UserError
 
 MAX_MODEL_BYTES = 256 << 20
 MAX_MLMODEL_BYTES = 1 << 20
+MAX_XML_BYTES = 16 << 20  # an IR's XML describes layers only; the weights are in its .bin
 ONNX_DOMAINS = frozenset({"", "ai.onnx"})
 ONNX_FILE = "model.onnx"
 # what mlflow.onnx.log_model writes (with save_as_external_data=False); MLflow leaves some out, so none is required
@@ -46,8 +47,9 @@ def check_onnx_file(path: Path) -> None:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError and onnx's own errors share no base
         raise UntrustedExport(f"refusing to load {path}: not an ONNX model ({type(error).__name__})") from None
-    tensors = [*model.graph.initializer, *_constant_tensors(model)]
-    if external := [t.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]:
+    if not (model.ir_version and model.graph.node and model.graph.input and model.graph.output):
+        raise UntrustedExport(f"refusing to load {path}: it is no ONNX model (no graph, inputs or outputs)")
+    if external := [t.name or "(unnamed)" for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]:
         raise UntrustedExport(f"refusing to load {path}: tensors keep their data in other files ({_show(external)})")
     domains = {entry.domain for entry in model.opset_import} | {node.domain for node in _nodes(model)}
     if other := sorted(domains - ONNX_DOMAINS):
@@ -100,9 +102,16 @@ def check_openvino_dir(directory: Path) -> Path:
 
 
 def check_openvino_xml(xml: Path) -> None:
-    """Refuse an IR whose XML declares a DTD or entities (the billion-laughs kind of file) or custom layers."""
-    head = xml.read_bytes()[: 1 << 16]
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+    """Refuse an IR whose XML declares a DTD or entities (the billion-laughs kind of file), anywhere in it. OpenVINO
+    writes UTF-8; any other encoding (UTF-16, say) is refused, since it would hide a declaration from this check."""
+    if xml.stat().st_size > MAX_XML_BYTES:
+        raise UntrustedExport(f"refusing to load {xml}: its XML has more than {MAX_XML_BYTES} bytes")
+    text = xml.read_bytes()
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UntrustedExport(f"refusing to load {xml}: its XML is not UTF-8") from None
+    if b"\0" in text or b"<!DOCTYPE" in text or b"<!ENTITY" in text:
         raise UntrustedExport(f"refusing to load {xml}: its XML declares a DTD or entities")
 
 
@@ -113,29 +122,39 @@ def _check_size(path: Path) -> None:
         raise UntrustedExport(f"refusing to load {path}: {path.stat().st_size} bytes, more than {MAX_MODEL_BYTES}")
 
 
-def _nodes(model):
-    """Every node of the model, subgraphs (If, Loop, Scan bodies) included."""
+def _graphs(model):
+    """The main graph and every subgraph (If, Loop, Scan bodies), however deep."""
     import onnx
 
     pending = [model.graph]
     while pending:
         graph = pending.pop()
+        yield graph
         for node in graph.node:
-            yield node
             for attribute in node.attribute:
                 if attribute.type == onnx.AttributeProto.GRAPH:
                     pending.append(attribute.g)
                 pending.extend(attribute.graphs)
 
 
-def _constant_tensors(model):
-    import onnx
+def _nodes(model):
+    for graph in _graphs(model):
+        yield from graph.node
 
-    for node in _nodes(model):
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR:
+
+def _tensors(model):
+    """Every tensor the model stores: initializers (dense and sparse) of every graph and constant attributes."""
+    for graph in _graphs(model):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attribute in node.attribute:
                 yield attribute.t
-            yield from attribute.tensors
+                yield from attribute.tensors
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+                for sparse in attribute.sparse_tensors:
+                    yield from (sparse.values, sparse.indices)
 
 
 def _show(items, limit: int = 3) -> str:

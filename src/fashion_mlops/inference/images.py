@@ -28,6 +28,7 @@ MAX_FILE_BYTES = 64 << 20
 MAX_IDX_BYTES = 512 << 20  # decompressed; the 60k training images take 47 MB
 MAX_PIXELS = 40_000_000  # Pillow's own bomb check allows 89M before it warns
 BACKGROUND_TOLERANCE = 16  # grey levels from the corner colour that still count as background when trimming
+GRAYSCALE_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "1")
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UBYTE_MAGIC = b"\x00\x00\x08"
 
@@ -69,6 +70,8 @@ def _looks_readable(path: Path) -> bool:
 
 def _read_file(path: Path) -> Iterator[Image | Unreadable]:
     try:
+        if path.exists() and not path.is_file():  # a device or a pipe would be read without end
+            raise NotAnImage("not a regular file")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise NotAnImage(f"{path.stat().st_size} bytes, more than {MAX_FILE_BYTES}")
         data = path.read_bytes()
@@ -101,11 +104,11 @@ def _idx_images(data: bytes, name: str) -> np.ndarray:
         array = parse_idx(data, name)
     except IdxFormatError as error:
         raise NotAnImage(str(error).removeprefix(f"{name}: ")) from None
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE):
+    if array.shape[-2:] != (SIDE, SIDE) or array.ndim not in (2, 3):
         raise NotAnImage(f"an IDX file of shape {array.shape}; allowed: N x 28 x 28 images")
-    return array
+    if array.size == 0:
+        raise NotAnImage("an IDX file of no images")
+    return array.reshape(-1, SIDE, SIDE)
 
 
 def convert_picture(data: bytes) -> np.ndarray:
@@ -113,24 +116,28 @@ def convert_picture(data: bytes) -> np.ndarray:
     from PIL import Image as PilImage
     from PIL import ImageFilter, ImageOps, UnidentifiedImageError
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PilImage.DecompressionBombWarning)
-            picture = PilImage.open(io.BytesIO(data), formats=["PNG", "JPEG"])
-            if picture.width * picture.height > MAX_PIXELS:
-                raise NotAnImage(f"{picture.width} x {picture.height} pixels, more than {MAX_PIXELS}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PilImage.DecompressionBombWarning)
+        try:
+            picture = PilImage.open(io.BytesIO(data), formats=["PNG", "JPEG"])  # reads the header only
+        except (UnidentifiedImageError, PilImage.DecompressionBombWarning, PilImage.DecompressionBombError):
+            raise NotAnImage("not a PNG, JPEG or IDX file of images") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise NotAnImage(f"a damaged image ({error})") from None
+        if picture.width * picture.height > MAX_PIXELS:
+            raise NotAnImage(f"{picture.width} x {picture.height} pixels, more than {MAX_PIXELS}")
+        try:
             picture.load()
-    except (UnidentifiedImageError, PilImage.DecompressionBombWarning, PilImage.DecompressionBombError):
-        raise NotAnImage("not a PNG, JPEG or IDX file of images") from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-        raise NotAnImage(f"a damaged image ({error})") from None
-    if picture.size == (SIDE, SIDE) and picture.mode in ("L", "I;16", "I", "1"):
-        return np.asarray(picture.convert("L"), dtype=np.uint8).copy()
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+            raise NotAnImage(f"a damaged image ({error})") from None
+    if picture.size == (SIDE, SIDE) and picture.mode in GRAYSCALE_MODES:
+        return np.asarray(_grayscale(picture), dtype=np.uint8).copy()
+    picture = ImageOps.exif_transpose(picture)  # a phone photo stored sideways, upright as it was taken
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         rgba = picture.convert("RGBA")
         white = PilImage.new("RGBA", rgba.size, (255, 255, 255, 255))
         picture = PilImage.alpha_composite(white, rgba)
-    gray = picture.convert("L")
+    gray = _grayscale(picture)
     background = gray.getpixel((0, 0))
     difference = np.abs(np.asarray(gray, dtype=np.int16) - background) > BACKGROUND_TOLERANCE
     if not difference.any():
@@ -145,3 +152,13 @@ def convert_picture(data: bytes) -> np.ndarray:
     if background > 127:
         canvas = ImageOps.invert(canvas)
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def _grayscale(picture):
+    """8-bit grayscale; 16-bit grey levels are scaled down (Pillow's own conversion clips them at 255)."""
+    from PIL import Image as PilImage
+
+    if picture.mode.startswith("I"):
+        levels = np.asarray(picture, dtype=np.float64) / 257.0
+        return PilImage.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), mode="L")
+    return picture.convert("L")

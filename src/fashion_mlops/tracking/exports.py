@@ -10,7 +10,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
+from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
+from fashion_mlops.models import NUM_CLASSES
 from fashion_mlops.tracking import registry, tags
 
 ONNX_MODEL_NAME = "onnx"  # the logged model's name in the run
@@ -26,6 +30,14 @@ class Twin:
     has_alias: bool
 
 
+def signature() -> ModelSignature:
+    """Named tensors, so a server checks a request's shape and type before the model sees it."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28), INPUT_NAME)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), OUTPUT_NAME)]),
+    )
+
+
 def onnx_name(model_name: str) -> str:
     return f"{model_name}-onnx"
 
@@ -37,8 +49,8 @@ def log_and_register(
 
     The alias moves to the twin only while `source` holds it, read right before the move.
     """
-    name = onnx_name(source.name)
-    twin = registry.find_version(name, {tags.SOURCE_VERSION: source.version, tags.ONNX_SHA256: onnx_sha256})
+    name, source_version = onnx_name(source.name), str(source.version)
+    twin = registry.find_version(name, {tags.SOURCE_VERSION: source_version, tags.ONNX_SHA256: onnx_sha256})
     reused = twin is not None
     if twin is None:
         import onnx
@@ -49,6 +61,7 @@ def log_and_register(
             name=ONNX_MODEL_NAME,
             run_id=source.run_id,  # logs into the finished run without reopening it
             input_example=example,
+            signature=signature(),
             pip_requirements=[f"onnx=={package_version('onnx')}", f"onnxruntime=={package_version('onnxruntime')}"],
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],  # the one provider export checked parity on
@@ -59,15 +72,15 @@ def log_and_register(
             name,
             source.run_id,
             tags={
-                tags.SOURCE_VERSION: source.version,
+                tags.SOURCE_VERSION: source_version,
                 tags.ONNX_SHA256: onnx_sha256,
                 tags.OPENVINO_URI: f"runs:/{source.run_id}/{OPENVINO_PATH}",
             },
             description=f"{source.name} exported to ONNX (its OpenVINO IR is logged beside it)",
         )
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(source.name, source.version, tags.ONNX_VERSION, twin.version)
-    has_alias = registry.holds_alias(source.name, alias, source.version)
+    client.set_model_version_tag(source.name, source_version, tags.ONNX_VERSION, str(twin.version))
+    has_alias = registry.holds_alias(source.name, alias, source_version)
     if has_alias:
-        client.set_registered_model_alias(name, alias, twin.version)
+        client.set_registered_model_alias(name, alias, str(twin.version))
     return Twin(client.get_model_version(name, twin.version), reused, has_alias)

@@ -79,4 +79,4 @@ def find_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
 def holds_alias(name: str, alias: str, version: str) -> bool:
     """Whether `alias` of `name` is on `version` right now (read afresh: another host may have moved it)."""
     holder = current_champion(name, alias)
-    return holder is not None and holder.version.version == version
+    return holder is not None and str(holder.version.version) == str(version)
