@@ -7,6 +7,15 @@ points), 1 for what goes wrong while a stage runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def quote_some(items: Iterable[object], limit: int = 3) -> str:
+    """A few of `items`, quoted and escaped on one line (a file or entry name may hold a newline), for messages."""
+    shown = [ascii(str(item))[:120] for item in items]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
 
 class UserError(Exception):
     """A problem the user can fix; its message is one line that names the culprit and what is allowed."""

@@ -12,26 +12,16 @@ from pathlib import Path
 
 import yaml
 
-from fashion_mlops.errors import UserError
+from fashion_mlops.errors import UserError, quote_some
+from fashion_mlops.tracking.model_files import ARTIFACT_FILES
 
 MAX_MODEL_BYTES = 256 << 20
 MAX_MLMODEL_BYTES = 1 << 20
 MAX_XML_BYTES = 16 << 20  # an IR's XML describes layers only; the weights are in its .bin
 ONNX_DOMAINS = frozenset({"", "ai.onnx"})
 ONNX_FILE = "model.onnx"
-# what mlflow.onnx.log_model writes (with save_as_external_data=False); MLflow leaves some out, so none is required
-ONNX_ARTIFACT_FILES = frozenset(
-    {
-        "MLmodel",
-        ONNX_FILE,
-        "conda.yaml",
-        "python_env.yaml",
-        "requirements.txt",
-        "input_example.json",
-        "serving_input_example.json",
-        "registered_model_meta",
-    }
-)
+# what mlflow.onnx.log_model writes with save_as_external_data=False: MLflow's own files and the model
+ONNX_ARTIFACT_FILES = ARTIFACT_FILES | {ONNX_FILE}
 
 
 class UntrustedExport(UserError):
@@ -50,10 +40,14 @@ def check_onnx_file(path: Path) -> None:
     if not (model.ir_version and model.graph.node and model.graph.input and model.graph.output):
         raise UntrustedExport(f"refusing to load {path}: it is no ONNX model (no graph, inputs or outputs)")
     if external := [t.name or "(unnamed)" for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]:
-        raise UntrustedExport(f"refusing to load {path}: tensors keep their data in other files ({_show(external)})")
+        raise UntrustedExport(
+            f"refusing to load {path}: tensors keep their data in other files ({quote_some(external)})"
+        )
     domains = {entry.domain for entry in model.opset_import} | {node.domain for node in _nodes(model)}
     if other := sorted(domains - ONNX_DOMAINS):
-        raise UntrustedExport(f"refusing to load {path}: it uses operators outside the ONNX standard ({_show(other)})")
+        raise UntrustedExport(
+            f"refusing to load {path}: it uses operators outside the ONNX standard ({quote_some(other)})"
+        )
     if model.functions:
         raise UntrustedExport(f"refusing to load {path}: it defines functions of its own, which export never writes")
 
@@ -81,7 +75,7 @@ def check_onnx_model_dir(model_dir: Path, model_uri: str) -> Path:
             found.append(name)
     if found:
         raise UntrustedExport(
-            f"refusing to load {model_uri}: it holds files a logged ONNX model does not ({_show(found)})"
+            f"refusing to load {model_uri}: it holds files a logged ONNX model does not ({quote_some(found)})"
         )
     check_onnx_file(model_dir / ONNX_FILE)
     return model_dir / ONNX_FILE
@@ -155,9 +149,3 @@ def _tensors(model):
                 yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
                 for sparse in attribute.sparse_tensors:
                     yield from (sparse.values, sparse.indices)
-
-
-def _show(items, limit: int = 3) -> str:
-    items = [ascii(str(item))[:120] for item in items]
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fashion_mlops.errors import UserError
+from fashion_mlops.errors import UserError, quote_some
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 ARCHIVE = "data/model.pt2"
-# Everything else exporter.log_model writes (MLflow leaves some out for some models, so none is required)
+# The files MLflow writes beside any logged model's own data (it leaves some out for some models, so none is
+# required); exporter.log_model writes nothing else but the archive
 ARTIFACT_FILES = frozenset(
     {
         "MLmodel",
@@ -196,9 +197,9 @@ def _check_mlmodel(path: Path) -> None:
     # MLflow puts a flavor's code directory first on sys.path, so its modules shadow any imported later
     code = [f"flavors.{name}.code: {conf['code']}" for name, conf in flavors.items() if conf.get("code")]
     if code:
-        raise _Found(f"its MLmodel declares code paths ({_show(code)})")
+        raise _Found(f"its MLmodel declares code paths ({quote_some(code)})")
     if set(flavors) - FLAVORS or "pytorch" not in flavors:
-        raise _Found(f"its MLmodel's flavors are {_show(flavors)}, not pytorch (and python_function)")
+        raise _Found(f"its MLmodel's flavors are {quote_some(flavors)}, not pytorch (and python_function)")
     if flavors["pytorch"].get("model_data") != "data":
         raise _Found("its pytorch flavor's model_data is not 'data'")
     if flavors.get("python_function", {}).get("loader_module", "mlflow.pytorch") != "mlflow.pytorch":
@@ -213,12 +214,12 @@ def _check_files(model_dir: Path) -> None:
     for path in sorted(model_dir.rglob("*")):
         name = path.relative_to(model_dir).as_posix()
         if path.is_symlink():
-            raise _Found(f"it holds a symbolic link ({_show([name])})")
+            raise _Found(f"it holds a symbolic link ({quote_some([name])})")
         allowed = ARTIFACT_DIRS if path.is_dir() else ARTIFACT_FILES | {ARCHIVE}
         if name not in allowed:
             unexpected.append(name)
     if unexpected:
-        raise _Found(f"it holds files a logged pt2 model does not ({_show(unexpected)})")
+        raise _Found(f"it holds files a logged pt2 model does not ({quote_some(unexpected)})")
 
 
 def _check_archive(path: Path) -> None:
@@ -253,16 +254,16 @@ def _check_entries(where: str, infos: list[zipfile.ZipInfo], patterns: tuple[re.
     if len(set(names)) < len(names):  # which copy a reader picks differs between readers
         raise _Found(f"{where} has duplicate entries")
     if unsafe := [name for name in names if _unsafe(name)]:
-        raise _Found(f"{where} has unsafe entry paths ({_show(unsafe)})")
+        raise _Found(f"{where} has unsafe entry paths ({quote_some(unsafe)})")
     if packed := [info.filename for info in infos if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1]:
-        raise _Found(f"{where} has compressed or encrypted entries ({_show(packed)}), which torch never writes")
+        raise _Found(f"{where} has compressed or encrypted entries ({quote_some(packed)}), which torch never writes")
     roots = {name.partition("/")[0] for name in names}
     if len(roots) != 1:
-        raise _Found(f"{where} has entries outside one root folder ({_show(roots)})")
+        raise _Found(f"{where} has entries outside one root folder ({quote_some(roots)})")
     (root,) = roots
     unexpected = [name for name in names if not any(p.fullmatch(name.partition("/")[2]) for p in patterns)]
     if unexpected:
-        raise _Found(f"{where} holds entries a plain exported program does not ({_show(unexpected)})")
+        raise _Found(f"{where} holds entries a plain exported program does not ({quote_some(unexpected)})")
     return root
 
 
@@ -291,9 +292,11 @@ def _check_program(program: Any) -> None:
         raise _Found(f"{ARCHIVE}'s {PROGRAM} carries guard code")
     for key, value in _leaves(program):
         if key == "expr_str" and not (isinstance(value, str) and BATCH_SYMBOL.fullmatch(value)):
-            raise _Found(f"{ARCHIVE}'s {PROGRAM} has a symbolic expression other than a batch size ({_show([value])})")
+            raise _Found(
+                f"{ARCHIVE}'s {PROGRAM} has a symbolic expression other than a batch size ({quote_some([value])})"
+            )
         if key == "target" and value not in OPERATORS:
-            raise _Found(f"{ARCHIVE}'s {PROGRAM} calls {_show([value])}, which none of our architectures uses")
+            raise _Found(f"{ARCHIVE}'s {PROGRAM} calls {quote_some([value])}, which none of our architectures uses")
 
 
 def _check_sample_inputs(data: bytes) -> None:
@@ -316,7 +319,7 @@ def _check_sample_inputs(data: bytes) -> None:
         if opcode.name not in PICKLE_OPCODES:
             raise _Found(f"{where} holds pickle opcode {opcode.name}, which torch.save does not write for tensors")
         if opcode.name == "GLOBAL" and argument not in PICKLE_GLOBALS:
-            raise _Found(f"{where} unpickles {_show([str(argument).replace(' ', '.')])}")
+            raise _Found(f"{where} unpickles {quote_some([str(argument).replace(' ', '.')])}")
 
 
 def _json(archive: zipfile.ZipFile, name: str) -> Any:
@@ -337,10 +340,3 @@ def _leaves(value: Any) -> Iterator[tuple[Any, Any]]:
             stack.extend((key, item) for item in value)
         else:
             yield key, value
-
-
-def _show(items: Any, limit: int = 3) -> str:
-    """A few of `items`, quoted on one line (an entry name may hold a newline)."""
-    items = [ascii(str(item))[:120] for item in items]
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
