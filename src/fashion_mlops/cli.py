@@ -83,6 +83,12 @@ def cmd_export(params: Params, manifest: Manifest, args: argparse.Namespace) -> 
     onnx = report["onnx"]
     registered = f"{onnx['model_name']} v{onnx['model_version']}"
     print(f"wrote {onnx['path']} and {report['openvino']['path']}; registered {registered}")
+    if not onnx["has_alias"]:
+        print(
+            f"note: {report['model_name']} v{report['model_version']} no longer holds @{report['alias']} (another "
+            f"evaluation moved it since this one), so {registered} was registered without the alias",
+            file=sys.stderr,
+        )
 
 
 def cmd_predict(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:

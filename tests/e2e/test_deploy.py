@@ -273,6 +273,24 @@ def test_predict_refuses_an_onnx_model_that_reads_other_files_in_one_line(export
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
+def test_predict_without_a_champion_in_the_registry_says_so_in_one_line(
+    exported: Exported, tmp_path: Path, runtime: str
+) -> None:
+    params = json.loads(json.dumps(exported.params))
+    params["registry"]["model_name"] = "never-registered"
+    other = write_params(tmp_path / "params.yaml", params)
+    image = tmp_path / "one.png"
+    Image.fromarray(exported.test_images()[0]).save(image)
+
+    result = exported.run("--params", str(other), "predict", str(image), "--runtime", runtime, check=False)
+
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "never-registered" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 # --- mlflow models serve ---------------------------------------------------------------------------------------
 
 

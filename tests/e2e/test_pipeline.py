@@ -524,7 +524,7 @@ def test_a_second_repro_of_the_clone_only_checks_the_store(rebuilds: Rebuilds) -
 @pytest.mark.parametrize("lost", ["mlflow.db", "mlruns", "runs"])
 def test_deleting_part_of_the_store_makes_repro_rebuild_it(rebuilds: Rebuilds, lost: str) -> None:
     repro = rebuilds.after_losing[lost]
-    assert {"train_sweep", "evaluate"} <= stages_run(repro), repro.stdout
+    assert {"train_sweep", "evaluate", "export"} <= stages_run(repro), repro.stdout
     assert "download" not in stages_run(repro), repro.stdout
 
 

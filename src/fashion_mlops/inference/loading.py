@@ -61,9 +61,14 @@ def load_runtime(runtime: str, model: str | None, params: Params) -> tuple[Runti
     threads = default_threads()
     with tempfile.TemporaryDirectory(prefix="fashion-mlops-predict-") as private:
         if runtime == "torch":
+            from mlflow.exceptions import MlflowException
+
             from fashion_mlops.tracking.model_files import load_logged_model
 
-            return TorchRuntime(load_logged_model(model)), model
+            try:
+                return TorchRuntime(load_logged_model(model)), model
+            except MlflowException as error:  # no such model or alias
+                raise NoModel(f"{model}: {error.message}") from None
         local = _private_copy(model, Path(private))
         if runtime == "onnx":
             onnx_file = check_onnx_model_dir(local, model) if local.is_dir() else local
