@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities.model_registry import ModelVersion
 
 from fashion_mlops.config import Params
 from fashion_mlops.data.manifest import Manifest
@@ -32,10 +33,10 @@ from fashion_mlops.export.parity import (
 from fashion_mlops.export.timing import measure_speed
 from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
 from fashion_mlops.inference.exported_files import check_onnx_file, check_openvino_dir
-from fashion_mlops.inference.runtimes import LABELS, OnnxRuntime, OpenVinoRuntime, TorchRuntime, model_input
+from fashion_mlops.inference.runtimes import LABELS, OnnxRuntime, OpenVinoRuntime, Runtime, TorchRuntime, model_input
 from fashion_mlops.reports import Reports, write_json
 from fashion_mlops.tracking import inventory
-from fashion_mlops.tracking.exports import log_and_register
+from fashion_mlops.tracking.exports import Twin, log_and_register
 from fashion_mlops.tracking.model_files import load_logged_model
 from fashion_mlops.tracking.store import connect, lock_path, tracking_uri
 
@@ -96,9 +97,26 @@ def run_export(params: Params, manifest: Manifest, reports: Reports) -> dict[str
             )
         _replace(onnx_file, ONNX_FILE)
         _replace(ir_dir, OPENVINO_DIR)
-    report = {
-        "model_name": name,
-        "model_version": int(version),
+    report = export_report(source, twin, onnx_sha256, len(labels), threads, results, params)
+    write_json(reports.export, report)
+    return report
+
+
+def export_report(
+    source: ModelVersion,
+    twin: Twin,
+    onnx_sha256: str,
+    test_images: int,
+    threads: int,
+    results: dict[str, Any],
+    params: Params,
+) -> dict[str, Any]:
+    """reports/export.json: what was exported from which version, where it went, and how each runtime did."""
+    import torch
+
+    return {
+        "model_name": source.name,
+        "model_version": int(source.version),
         "alias": params.registry.alias,
         "run_id": source.run_id,
         "onnx": {
@@ -112,7 +130,7 @@ def run_export(params: Params, manifest: Manifest, reports: Reports) -> dict[str
             "output": OUTPUT_NAME,
         },
         "openvino": {"path": (OPENVINO_DIR / OPENVINO_XML).as_posix(), "inference_precision": "f32"},
-        "test_images": len(labels),
+        "test_images": test_images,
         "tta_flip": params.evaluate.tta_flip,
         "threads": threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -123,11 +141,9 @@ def run_export(params: Params, manifest: Manifest, reports: Reports) -> dict[str
         },
         "runtimes": results,
     }
-    write_json(reports.export, report)
-    return report
 
 
-def measure_runtimes(runtimes: list, images: np.ndarray, labels: np.ndarray, params: Params) -> dict[str, Any]:
+def measure_runtimes(runtimes: list[Runtime], images: np.ndarray, labels: np.ndarray, params: Params) -> dict[str, Any]:
     """Accuracy and parity with PyTorch (the first runtime) on every test image, then speed; ParityFailed, naming
     each runtime that misses a bound, before anything is timed."""
     settings = params.evaluate
