@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
+from fashion_mlops.models import NUM_CLASSES
 
 if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
     from torch import nn
 
 # torch.export specialises a batch of 1 to a constant; any larger example keeps the batch dimension symbolic
@@ -41,3 +43,15 @@ def to_openvino(onnx_path: Path, xml_path: Path) -> None:
 
     model = openvino.convert_model(str(onnx_path))
     openvino.save_model(model, str(xml_path), compress_to_fp16=False)  # fp16 is save_model's default
+
+
+def onnx_signature() -> ModelSignature:
+    """The exported model's named tensors, so a server checks a request's shape and type before the model runs."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28), INPUT_NAME)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), OUTPUT_NAME)]),
+    )

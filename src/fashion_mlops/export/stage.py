@@ -20,7 +20,7 @@ from fashion_mlops.config import Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import load_split
 from fashion_mlops.errors import NotInStore
-from fashion_mlops.export.convert import to_onnx, to_openvino
+from fashion_mlops.export.convert import onnx_signature, to_onnx, to_openvino
 from fashion_mlops.export.parity import (
     MAX_ACCURACY_DIFF,
     MAX_PROBABILITY_DIFF,
@@ -92,8 +92,9 @@ def run_export(params: Params, manifest: Manifest, reports: Reports) -> dict[str
         results = measure_runtimes(runtimes, images, labels, params)
         onnx_sha256 = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
         with FileLock(lock_path(tracking_uri(params)), timeout=REGISTRY_LOCK_TIMEOUT_S):
+            example = model_input(images[:2])
             twin = log_and_register(
-                source, onnx_file, onnx_sha256, ir_dir, model_input(images[:2]), params.registry.alias
+                source, onnx_file, onnx_sha256, ir_dir, onnx_signature(), example, params.registry.alias
             )
         _replace(onnx_file, ONNX_FILE)
         _replace(ir_dir, OPENVINO_DIR)

@@ -11,10 +11,7 @@ import mlflow
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
-from fashion_mlops.inference import INPUT_NAME, OUTPUT_NAME
-from fashion_mlops.models import NUM_CLASSES
 from fashion_mlops.tracking import registry, tags
 
 ONNX_MODEL_NAME = "onnx"  # the logged model's name in the run
@@ -30,20 +27,18 @@ class Twin:
     has_alias: bool
 
 
-def signature() -> ModelSignature:
-    """Named tensors, so a server checks a request's shape and type before the model sees it."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28), INPUT_NAME)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), OUTPUT_NAME)]),
-    )
-
-
 def onnx_name(model_name: str) -> str:
     return f"{model_name}-onnx"
 
 
 def log_and_register(
-    source: ModelVersion, onnx_file: Path, onnx_sha256: str, ir_dir: Path, example: np.ndarray, alias: str
+    source: ModelVersion,
+    onnx_file: Path,
+    onnx_sha256: str,
+    ir_dir: Path,
+    signature: ModelSignature,
+    example: np.ndarray,
+    alias: str,
 ) -> Twin:
     """Register the ONNX twin of `source` (reusing one that holds the same file), link the two, share the alias.
 
@@ -61,7 +56,7 @@ def log_and_register(
             name=ONNX_MODEL_NAME,
             run_id=source.run_id,  # logs into the finished run without reopening it
             input_example=example,
-            signature=signature(),
+            signature=signature,
             pip_requirements=[f"onnx=={package_version('onnx')}", f"onnxruntime=={package_version('onnxruntime')}"],
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],  # the one provider export checked parity on
