@@ -74,3 +74,28 @@ def test_dvc_yaml_names_the_report_paths_the_stages_write() -> None:
     assert str(reports.champion) in declared("export", "deps")
     assert declared("export", "metrics") == [str(reports.export)]
     assert set(declared("export", "outs")) == {ONNX_FILE.as_posix(), OPENVINO_DIR.as_posix()}
+
+
+PARAMS_FILES = [
+    "params.yaml",
+    *sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "configs").glob("*.yaml")),
+]
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize("params_file", PARAMS_FILES)
+def test_every_params_file_holds_every_param_a_stage_depends_on(params_file: str) -> None:
+    """`dvc repro` with this file as params.yaml (`make repro-check`, `cp configs/tutorial.yaml params.yaml`) fails on
+    the first stage whose params are missing, even where the code has defaults for them."""
+    params = yaml.safe_load((REPO_ROOT / params_file).read_text())
+    missing = []
+    for stage in DVC_YAML["stages"]:
+        for dotted in declared(stage, "params"):
+            node = params
+            for key in dotted.split("."):
+                node = node[key] if isinstance(node, dict) and key in node else MISSING
+            if node is MISSING:
+                missing.append(f"{stage}: {dotted}")
+    assert not missing, missing
