@@ -10,10 +10,10 @@ from fashion_mlops.export.parity import (
     MAX_PROBABILITY_DIFF,
     MIN_AGREEMENT,
     Fidelity,
-    Outputs,
     fidelity,
     parity_problem,
 )
+from fashion_mlops.inference.runtimes import Outputs
 
 N = 10_000
 

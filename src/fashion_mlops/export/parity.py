@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fashion_mlops.errors import UserError
-from fashion_mlops.inference.runtimes import Runtime, probabilities
+from fashion_mlops.inference.runtimes import Outputs
 
 MIN_AGREEMENT = 0.9995  # share of test images whose predicted class equals PyTorch's
 MAX_ACCURACY_DIFF = 0.0005  # 0.05 percentage points of test accuracy
@@ -16,23 +16,6 @@ MAX_PROBABILITY_DIFF = 1e-4  # largest absolute difference of any class probabil
 
 class ParityFailed(UserError):
     """An exported model does not compute what the PyTorch model computes."""
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """A runtime's class probabilities for every test image, and for its mirror image when evaluate uses TTA."""
-
-    plain: np.ndarray
-    mirrored: np.ndarray | None
-
-    @classmethod
-    def of(cls, runtime: Runtime, images: np.ndarray, batch_size: int, tta_flip: bool) -> Outputs:
-        mirrored = probabilities(runtime, images, batch_size, flip=True) if tta_flip else None
-        return cls(probabilities(runtime, images, batch_size), mirrored)
-
-    def predicted(self) -> np.ndarray:
-        """The probabilities evaluate predicts with (averaged with the mirror image's under TTA)."""
-        return self.plain if self.mirrored is None else (self.plain + self.mirrored) / 2
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,10 @@ def load_runtime(runtime: str, model: str | None, params: Params) -> tuple[Runti
                 raise NoModel(f"{model}: {error.message}") from None
         local = _private_copy(model, Path(private))
         if runtime == "onnx":
-            onnx_file = check_onnx_model_dir(local, model) if local.is_dir() else local
-            check_onnx_file(onnx_file)
-            return OnnxRuntime(onnx_file, threads), model
+            if local.is_dir():  # a logged ONNX model: its MLmodel and files, then the ONNX file in it
+                return OnnxRuntime(check_onnx_model_dir(local, model), threads), model
+            check_onnx_file(local)
+            return OnnxRuntime(local, threads), model
         return OpenVinoRuntime(check_openvino_dir(local), threads), model
 
 

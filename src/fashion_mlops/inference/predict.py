@@ -16,7 +16,7 @@ from fashion_mlops.config import Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.inference.images import Image, Unreadable, read_images
 from fashion_mlops.inference.loading import load_runtime
-from fashion_mlops.inference.runtimes import Runtime, predicted_probabilities
+from fashion_mlops.inference.runtimes import Outputs, Runtime
 from fashion_mlops.reports import write_text
 
 
@@ -40,7 +40,7 @@ def predict_rows(
 
     def flush() -> Iterator[list[str]]:
         pixels = np.stack([image.pixels for image in batch])[:, None]
-        probs = predicted_probabilities(runtime, pixels, batch_size, tta_flip)
+        probs = Outputs.of(runtime, pixels, batch_size, tta_flip).predicted()
         for image, p in zip(batch, probs, strict=True):
             yield [image.file, str(image.index), classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
         batch.clear()

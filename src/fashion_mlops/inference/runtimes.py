@@ -6,6 +6,7 @@ uses the same number of threads, so their figures compare.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -95,7 +96,18 @@ def probabilities(runtime: Runtime, images: np.ndarray, batch_size: int, flip: b
     return np.concatenate(outputs) if outputs else np.zeros((0, 10))
 
 
-def predicted_probabilities(runtime: Runtime, images: np.ndarray, batch_size: int, tta_flip: bool) -> np.ndarray:
-    """What evaluate predicts: the probabilities, averaged with the mirrored image's when `tta_flip` is on."""
-    plain = probabilities(runtime, images, batch_size)
-    return (plain + probabilities(runtime, images, batch_size, flip=True)) / 2 if tta_flip else plain
+@dataclass(frozen=True)
+class Outputs:
+    """A runtime's class probabilities for each image, and for its mirror image when evaluate uses TTA."""
+
+    plain: np.ndarray
+    mirrored: np.ndarray | None
+
+    @classmethod
+    def of(cls, runtime: Runtime, images: np.ndarray, batch_size: int, tta_flip: bool) -> Outputs:
+        mirrored = probabilities(runtime, images, batch_size, flip=True) if tta_flip else None
+        return cls(probabilities(runtime, images, batch_size), mirrored)
+
+    def predicted(self) -> np.ndarray:
+        """The probabilities evaluate predicts with (averaged with the mirror image's under TTA)."""
+        return self.plain if self.mirrored is None else (self.plain + self.mirrored) / 2
