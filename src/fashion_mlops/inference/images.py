@@ -72,8 +72,9 @@ def _read_file(path: Path) -> Iterator[Image | Unreadable]:
     try:
         if path.exists() and not path.is_file():  # a device or a pipe would be read without end
             raise NotAnImage("not a regular file")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise NotAnImage(f"{path.stat().st_size} bytes, more than {MAX_FILE_BYTES}")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise NotAnImage(f"{size} bytes, more than {MAX_FILE_BYTES}")
         data = path.read_bytes()
         if data.startswith(GZIP_MAGIC):
             data = _gunzip(data)
