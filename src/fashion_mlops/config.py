@@ -37,6 +37,7 @@ MAX_ERROR_CHARS = 500
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 IDX_IMAGES_HEADER_BYTES = 16  # magic number and three dimensions, 4 bytes each
 IMAGE_BYTES = 28 * 28
+RAY_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}:\d{1,5}")
 
 
 def _not_blank(value: str) -> str:
@@ -152,6 +153,20 @@ class SweepConfig(_Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     workers: int = Field(default=1, ge=1, le=64)
     resume: bool = True
+    # local: cells in this process or in `workers` local processes; ray: one Ray task per cell
+    executor: Literal["local", "ray"] = "local"
+    # with executor ray: null starts a Ray instance for the sweep; 'auto' or 'host:port' joins a running cluster
+    ray_address: str | None = None
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_shape(cls, address: str | None) -> str | None:
+        if address is None or address == "auto" or RAY_ADDRESS.fullmatch(address):
+            return address
+        raise ValueError(
+            "not a Ray cluster address; allowed: null (start one for the sweep), 'auto' (the cluster this host "
+            "joined with `ray start`), or host:port of its head (e.g. 10.0.0.5:6379)"
+        )
 
     @field_validator("grid")
     @classmethod
