@@ -128,10 +128,7 @@ def run_sweep(
                 for index, reused in tracking.reuse([o.cell for o in outcomes]).items():
                     _mark_reused(outcomes[index], reused, bar)
                 pending = [o for o in outcomes if o.status == "PENDING"]
-                if execution.workers > 1 and len(pending) > 1:
-                    _run_in_workers(pending, params, manifest, tracking, bar, execution)
-                else:
-                    _run_serially(pending, splits, tracking, bar, execution.threads)
+                _run_pending(pending, params, manifest, splits, tracking, bar, execution)
             best = select_best(outcomes)
             model_uris = tracking.model_uris()
             for outcome in outcomes:
@@ -187,6 +184,22 @@ def run_cell(outcome: CellOutcome, splits: Splits, run: CellRun, on_epoch: Epoch
         run.end("FAILED", f"{type(error).__name__}: {error}")
         raise
     return outcome
+
+
+def _run_pending(
+    pending: list[CellOutcome],
+    params: Params,
+    manifest: Manifest,
+    splits: Splits,
+    tracking: SweepTracking,
+    bar: tqdm,
+    execution: Execution,
+) -> None:
+    """Train the cells no earlier run stands in for, with the executor params ask for."""
+    if execution.workers > 1 and len(pending) > 1:
+        _run_in_workers(pending, params, manifest, tracking, bar, execution)
+    else:
+        _run_serially(pending, splits, tracking, bar, execution.threads)
 
 
 def _mark_reused(outcome: CellOutcome, reused: ReusedCell, bar: tqdm) -> None:
