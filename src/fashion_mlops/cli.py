@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fashion_mlops import interrupts
-from fashion_mlops.config import Params, check_against_manifest, load_params
+from fashion_mlops.config import Params, check_against_manifest, check_cluster_store, load_params
 from fashion_mlops.data.manifest import Manifest, load_manifest
 from fashion_mlops.errors import UserError
 from fashion_mlops.inference import RUNTIMES
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(Path(args.params))
         manifest = load_manifest(params.data.manifest)
         check_against_manifest(params, manifest)
+        from fashion_mlops.tracking.store import tracking_uri
+
+        check_cluster_store(params, tracking_uri(params))
     except UserError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code

@@ -406,6 +406,23 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(_bounded(f"{path}: {format_validation_error(error)}")) from None
 
 
+def check_cluster_store(params: Params, uri: str) -> None:
+    """Refuse a relative SQLite store for a sweep on a Ray cluster: each node writes its cells' runs to the store
+    itself, and a relative path names a different file (or none) on every node."""
+    sweep = params.sweep
+    if sweep.executor != "ray" or sweep.ray_address is None or not params.tracking.enabled:
+        return
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        raise ConfigError(
+            _bounded(
+                f"tracking.mlflow_uri = {_show(uri)}: a relative SQLite path cannot be shared by the nodes of the Ray "
+                f"cluster at sweep.ray_address = {_show(sweep.ray_address)}; use an MLflow server "
+                "(MLFLOW_TRACKING_URI=http://host:5000) or an absolute path that every node sees "
+                "(sqlite:////shared/mlflow.db)"
+            )
+        )
+
+
 def check_against_manifest(params: Params, manifest: Manifest) -> None:
     """Refuse a validation set as big as the dataset's training images, before anything is downloaded.
 
