@@ -196,7 +196,16 @@ def _run_pending(
     execution: Execution,
 ) -> None:
     """Train the cells no earlier run stands in for, with the executor params ask for."""
-    if execution.workers > 1 and len(pending) > 1:
+    if params.sweep.executor == "ray" and pending:
+        from fashion_mlops.executors.ray_cluster import run_on_ray
+        from fashion_mlops.tracking.store import tracking_uri
+
+        def on_epoch(name: str, val_accuracy: float) -> None:
+            _show_epoch(bar, name, val_accuracy)
+
+        uri = tracking_uri(params)
+        run_on_ray(pending, splits, tracking.runs, params, uri, execution.threads, on_epoch, tracking.check)
+    elif execution.workers > 1 and len(pending) > 1:
         _run_in_workers(pending, params, manifest, tracking, bar, execution)
     else:
         _run_serially(pending, splits, tracking, bar, execution.threads)
