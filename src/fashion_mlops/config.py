@@ -202,7 +202,8 @@ class TrackingConfig(_Strict):
     def _known_scheme(cls, uri: str) -> str:
         scheme = urlparse(uri).scheme
         allowed = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
-        if scheme not in allowed:
+        # a database URI may name its driver, as SQLAlchemy reads it: postgresql+psycopg2 is the one installed
+        if scheme.split("+", 1)[0] not in allowed:
             raise ValueError(f"tracking URI {_show(uri)} has scheme {_show(scheme)}; allowed: {', '.join(allowed)}")
         database = uri.removeprefix("sqlite:///")
         if scheme == "sqlite" and (not uri.startswith("sqlite:///") or not database or database.endswith("/")):

@@ -134,6 +134,26 @@ def measure_champion(
     return measure(champion.uri, test, batch_size, tta_flip)[0]
 
 
+class HolderScores:
+    """The test accuracy of each alias holder a promotion compares with (registry.Score), each measured once: a
+    host sharing the tracking server may move the alias to another version while this one compares."""
+
+    def __init__(self, test: Split, batch_size: int, tta_flip: bool, manifest: Manifest) -> None:
+        self.test, self.batch_size, self.tta_flip, self.manifest = test, batch_size, tta_flip, manifest
+        self._measured: dict[str, dict[str, float] | None] = {}
+
+    def metrics(self, holder: registry.Champion) -> dict[str, float] | None:
+        key = str(holder.version.version)
+        if key not in self._measured:
+            check_same_test_data(holder, self.manifest)
+            self._measured[key] = measure_champion(holder, self.test, self.batch_size, self.tta_flip)
+        return self._measured[key]
+
+    def __call__(self, holder: registry.Champion | None) -> float | None:
+        measured = self.metrics(holder) if holder is not None else None
+        return measured["test_accuracy"] if measured else None
+
+
 def champion_record(holder: registry.Champion | None, alias: str) -> dict[str, Any]:
     """What export needs to know of the alias holder, and nothing that changes while it stays the holder: the file
     stays byte-identical, so DVC reruns export only for a new champion."""
@@ -159,11 +179,12 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
     name, alias = params.registry.model_name, params.registry.alias
     check_same_test_data(registry.current_champion(name, alias), manifest)  # fail before measuring
     metrics, predictions = measure(best["model_uri"], test, settings.batch_size, settings.tta_flip)
-    # Read the champion, compare and move the alias as one step, so racing evaluations cannot demote a better model.
+    # Read the champion, compare and move the alias as one step, so racing evaluations on this host cannot demote a
+    # better model; promote_if_better re-reads the alias for hosts that share the tracking server but not the lock.
     with FileLock(lock_path(tracking_uri(params)), timeout=REGISTRY_LOCK_TIMEOUT_S):
         champion = registry.current_champion(name, alias)
-        check_same_test_data(champion, manifest)
-        champion_metrics = measure_champion(champion, test, settings.batch_size, settings.tta_flip)
+        scores = HolderScores(test, settings.batch_size, settings.tta_flip, manifest)
+        scores(champion)  # measured before registering: on other test data nothing is registered
         version = registry.register(
             best["model_uri"],
             name,
@@ -175,15 +196,8 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
                 tags.TEST_DATA_NAME: manifest.name,
             },
         )
-        promoted = registry.promote_if_better(
-            name,
-            alias,
-            version,
-            metrics["test_accuracy"],
-            champion,
-            champion_metrics["test_accuracy"] if champion_metrics else None,
-        )
-        holder = registry.current_champion(name, alias)
+        promotion = registry.promote_if_better(name, alias, version, metrics["test_accuracy"], scores, champion)
+    previous, holder = promotion.rival, promotion.holder
     labels = test.labels.numpy()
     per_class = per_class_report(labels, predictions, manifest.classes)
     evaluation = {
@@ -199,9 +213,11 @@ def run_evaluate(params: Params, manifest: Manifest, reports: Reports) -> dict[s
         "run_id": best["run_id"],
         "run_name": best["run_name"],
         "alias": alias,
-        "promoted": promoted,
+        "promoted": promotion.promoted,
         "previous_champion": (
-            {"version": int(champion.version.version), **(champion_metrics or {"files": "gone"})} if champion else None
+            {"version": int(previous.version.version), **(scores.metrics(previous) or {"files": "gone"})}
+            if previous
+            else None
         ),
         "champion_version": int(holder.version.version) if holder else None,
     }

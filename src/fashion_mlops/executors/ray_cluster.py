@@ -96,33 +96,37 @@ def run_on_ray(
         progress = Queue(actor_options={"num_cpus": 0})
         splits_ref = ray.put(splits)
         driver = Driver(socket.gethostname(), os.getcwd())
-        largest_node = _largest_node_cpus(ray)
-        gpus = ray.cluster_resources().get("GPU", 0)
         task = ray.remote(train_cell_task)
-        refs: dict[Any, CellOutcome] = {}
-        for outcome in pending:
-            cell = outcome.cell
-            threads = cell.train.threads or default_threads
-            wants_gpu = cell.train.device == "cuda" or (cell.train.device == "auto" and gpus >= 1)
-            options = task.options(
-                num_cpus=min(threads, largest_node),
-                num_gpus=1 if wants_gpu else 0,
-                max_retries=0,  # a cell retried elsewhere would be a second child run: a dead worker fails it
-                name=f"fashion-mlops {cell.name}",
-            )
-            ref = options.remote(outcome, splits_ref, _remote_runs(runs), threads, driver, progress)
-            refs[ref] = outcome
+        waiting = list(pending)
+        running: dict[Any, tuple[CellOutcome, Request]] = {}
+        capacity = _capacity(ray)
         try:
-            while refs:
-                done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+            while waiting or running:
+                # only as many tasks as the cluster can run at once: a finished task's warm worker process (torch
+                # and MLflow imported) takes the next cell, where a queued task would have started a cold one
+                while waiting and (not running or _fits(waiting[0], running, capacity, default_threads)):
+                    outcome = waiting.pop(0)
+                    request = _request(outcome, capacity, default_threads)
+                    options = task.options(
+                        num_cpus=request.cpus,
+                        num_gpus=request.gpus,
+                        max_retries=0,  # a cell retried elsewhere would be a second child run: a dead worker fails it
+                        name=f"fashion-mlops {outcome.cell.name}",
+                    )
+                    threads = outcome.cell.train.threads or default_threads
+                    ref = options.remote(outcome, splits_ref, _remote_runs(runs), threads, driver, progress)
+                    running[ref] = (outcome, request)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 _drain(progress, on_epoch)
                 interrupts.check()
                 check()
                 for ref in done:
-                    _take(ray, ref, refs.pop(ref), runs, params.tracking.tensorboard_dir)
+                    _take(ray, ref, running.pop(ref)[0], runs, params.tracking.tensorboard_dir)
+                if done and waiting:
+                    capacity = _capacity(ray)  # nodes may have joined or left the cluster
             _drain(progress, on_epoch)
         except BaseException:
-            _cancel(ray, list(refs))
+            _cancel(ray, list(running))
             raise
     finally:
         with contextlib.suppress(Exception):
@@ -202,10 +206,42 @@ def _auth_token_available() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(token_file).is_file()
 
 
-def _largest_node_cpus(ray: Any) -> int:
-    """CPUs of the biggest live node: a task asking for more would wait forever for a node that can run it."""
-    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
-    return max(1, int(max(cpus, default=1)))
+@dataclass(frozen=True)
+class Request:
+    """The resources one cell's task asks for."""
+
+    cpus: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpus: float  # of the whole cluster
+    gpus: float
+    largest_node_cpus: int  # a task asking for more would wait forever for a node that can run it
+
+
+def _capacity(ray: Any) -> Capacity:
+    total = ray.cluster_resources()
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return Capacity(total.get("CPU", 0), total.get("GPU", 0), max(1, int(max(nodes, default=1))))
+
+
+def _request(outcome: CellOutcome, capacity: Capacity, default_threads: int) -> Request:
+    """The cell's CPU threads (at most one node's CPUs), and a GPU where it trains on one."""
+    train = outcome.cell.train
+    wants_gpu = train.device == "cuda" or (train.device == "auto" and capacity.gpus >= 1)
+    return Request(min(train.threads or default_threads, capacity.largest_node_cpus), 1 if wants_gpu else 0)
+
+
+def _fits(
+    outcome: CellOutcome, running: dict[Any, tuple[CellOutcome, Request]], capacity: Capacity, default_threads: int
+) -> bool:
+    """Whether the cluster has room for `outcome`'s task beside the running ones."""
+    request = _request(outcome, capacity, default_threads)
+    cpus = sum(r.cpus for _, r in running.values()) + request.cpus
+    gpus = sum(r.gpus for _, r in running.values()) + request.gpus
+    return cpus <= capacity.cpus and gpus <= capacity.gpus
 
 
 def _remote_runs(runs: CellRuns) -> CellRuns:

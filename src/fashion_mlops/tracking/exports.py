@@ -3,6 +3,7 @@ version, the ONNX model registered as `<model_name>-onnx`, each version tagged w
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -75,7 +76,28 @@ def log_and_register(
         )
     client = mlflow.MlflowClient()
     client.set_model_version_tag(source.name, source_version, tags.ONNX_VERSION, str(twin.version))
-    has_alias = registry.holds_alias(source.name, alias, source_version)
-    if has_alias:
-        client.set_registered_model_alias(name, alias, str(twin.version))
+    has_alias = share_alias(source, alias, str(twin.version))
     return Twin(client.get_model_version(name, twin.version), reused, has_alias)
+
+
+def share_alias(source: ModelVersion, alias: str, twin_version: str, settle_s: float = registry.SETTLE_S) -> bool:
+    """Give the twin `alias` while `source` holds it; whether it does, as read after the move.
+
+    Another host's evaluation may move the source's alias between the read and the move (MLflow has no compare-and-
+    set), and that host's export then gives the alias to its own twin. So after the move, and a pause of `settle_s`,
+    the source's alias is read again; if it moved, the ONNX alias goes to the new holder's twin where one is
+    registered already (otherwise that holder's export moves it when it runs). The window that remains is the one
+    registry.promote_if_better describes.
+    """
+    name = onnx_name(source.name)
+    if not registry.holds_alias(source.name, alias, str(source.version)):
+        return False
+    registry.move_alias(name, alias, twin_version)
+    time.sleep(settle_s)
+    holder = registry.current_champion(source.name, alias)
+    if holder is not None and registry.is_version(holder, source.version):
+        return True
+    theirs = holder.version.tags.get(tags.ONNX_VERSION) if holder is not None else None
+    if theirs and not registry.holds_alias(name, alias, theirs):
+        registry.move_alias(name, alias, theirs)
+    return False
