@@ -50,12 +50,22 @@ def cmd_check_store(params: Params, manifest: Manifest, args: argparse.Namespace
 
 
 def cmd_sweep(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:
+    from fashion_mlops import distributed
     from fashion_mlops.tracking.exporter import start_exporter
 
-    export = start_exporter(params)  # first: it sets up the store while this process imports torch
+    launched = distributed.world()  # one process, or one of torchrun's
+    try:
+        distributed.check_sweep(params, launched)
+    except UserError as error:
+        if launched.leader:
+            raise
+        raise SystemExit(error.exit_code) from None  # every rank finds the same fault: rank 0 alone says so
+    # first: it sets up the store while this process imports torch. Under torchrun, rank 0 alone tracks
+    export = start_exporter(params) if launched.leader else None
     from fashion_mlops.sweep import run_sweep
 
-    run_sweep(params, Path(args.params), manifest, Reports(Path(args.reports)), export)
+    with distributed.process_group(launched):
+        run_sweep(params, Path(args.params), manifest, Reports(Path(args.reports)), export)
 
 
 def cmd_evaluate(params: Params, manifest: Manifest, args: argparse.Namespace) -> None:

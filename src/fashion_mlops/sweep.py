@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from fashion_mlops import interrupts
+from fashion_mlops import distributed, interrupts
 from fashion_mlops.config import Cell, Params
 from fashion_mlops.data.manifest import Manifest
 from fashion_mlops.data.splits import Splits, load_split, train_val_split
@@ -31,7 +31,7 @@ from fashion_mlops.data.verify import dataset_digest
 from fashion_mlops.errors import NoFinishedRuns
 from fashion_mlops.models import build_model
 from fashion_mlops.reports import Reports, write_json, write_text
-from fashion_mlops.tracking import CellRun, CellRuns, ReusedCell, SweepTracking
+from fashion_mlops.tracking import CellRun, CellRuns, NullSweep, ReusedCell, SweepTracking
 from fashion_mlops.tracking.exporter import ModelExporter
 from fashion_mlops.tracking.runs import start_sweep
 from fashion_mlops.train import EpochResult, TrainingDiverged, pick_device, train
@@ -113,22 +113,35 @@ def run_sweep(
 
     Ctrl-C / SIGTERM are deferred to safe points (between training steps and cells): the current run and
     the sweep end as KILLED, and a rerun reuses the cells that finished.
+
+    Under torchrun every process trains each cell together (DDP, see `distributed`); rank 0 alone tracks, decides
+    which cells to reuse and reports.
     """
+    launched = distributed.world()
     outcomes = [CellOutcome(cell) for cell in params.cells()]
-    execution = plan_execution(params, len(outcomes), torch.get_num_threads())
+    execution = plan_execution(params, len(outcomes), distributed.default_threads(torch.get_num_threads()))
     data_digest = dataset_digest(manifest, Path(params.data.dir))  # of the files on disk, verified
     with interrupts.deferred():
-        tracking = start_sweep(params, params_path, manifest, len(outcomes), export, data_digest, execution.threads)
+        tracking = (
+            start_sweep(params, params_path, manifest, len(outcomes), export, data_digest, execution.threads)
+            if launched.leader
+            else NullSweep()
+        )
         try:
             splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
             # the bar sees each count
             epochs = sum(o.cell.train.epochs for o in outcomes)
-            with tqdm(total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1) as bar:
-                for index, reused in tracking.reuse([o.cell for o in outcomes]).items():
+            with tqdm(
+                total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1, disable=not launched.leader
+            ) as bar:
+                reuse = distributed.from_leader(tracking.reuse([o.cell for o in outcomes]))
+                for index, reused in reuse.items():
                     _mark_reused(outcomes[index], reused, bar)
                 pending = [o for o in outcomes if o.status == "PENDING"]
                 _run_pending(pending, params, manifest, splits, tracking, bar, execution)
+            if not launched.leader:
+                return outcomes  # rank 0 has the same outcomes, and reports them
             best = select_best(outcomes)
             model_uris = tracking.model_uris()
             for outcome in outcomes:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_mlops import interrupts
+from fashion_mlops import distributed
 from fashion_mlops.config import TrainConfig
 from fashion_mlops.data.splits import Split, Splits
 
@@ -64,17 +64,29 @@ def to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random horizontal flip and (for crop_flip) random crop after zero-padding, per image, on tensors."""
+def augment(
+    x: torch.Tensor,
+    kind: str,
+    generator: torch.Generator,
+    pad: int = 2,
+    part: slice = slice(None),
+    of: int | None = None,
+) -> torch.Tensor:
+    """Random horizontal flip and (for crop_flip) random crop after zero-padding, per image, on tensors.
+
+    `x` may be the images `part` of a batch of `of` (a rank's share): the random numbers are drawn for the whole
+    batch and `part` of them used, so every rank's generator stays in step with a single process's.
+    """
     n, device = len(x), x.device
+    drawn = of or n
     if kind == "crop_flip":
         padded = F.pad(x, (pad, pad, pad, pad))
-        shift = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
+        shift = torch.randint(0, 2 * pad + 1, (2, drawn), generator=generator)[:, part].to(device)
         side = torch.arange(x.shape[-1], device=device)
         rows = (shift[0][:, None] + side)[:, :, None]
         cols = (shift[1][:, None] + side)[:, None, :]
         x = padded[torch.arange(n, device=device)[:, None, None], 0, rows, cols].unsqueeze(1)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    flip = (torch.rand(drawn, generator=generator) < 0.5)[part].to(device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -122,9 +134,14 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
 
 
 def resolved_settings(cfg: TrainConfig, threads: int) -> dict[str, object]:
-    """How this machine resolves what `cfg` leaves open: the device, bf16 or not, the CPU threads."""
+    """How this machine resolves what `cfg` leaves open: the device, bf16 or not, the CPU threads, and (under
+    torchrun) how many processes train together."""
     device = pick_device(cfg.device)
-    return {"device": device.type, "bf16": uses_bf16(cfg.precision, device), "threads": threads}
+    settings: dict[str, object] = {"device": device.type, "bf16": uses_bf16(cfg.precision, device), "threads": threads}
+    ranks = distributed.world().size
+    if ranks > 1:  # DDP's results differ from one process's; left out for one, so its fingerprints stay as they were
+        settings["world_size"] = ranks
+    return settings
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -146,13 +163,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 def train(
     model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device, on_epoch_end: EpochCallback | None = None
 ) -> list[EpochResult]:
-    """Train `model` for `cfg.epochs` on `data.train`, measuring `data.val` after every epoch."""
+    """Train `model` for `cfg.epochs` on `data.train`, measuring `data.val` after every epoch.
+
+    Under torchrun (DDP) every rank walks the same shuffled order and trains on its share of each batch
+    (`batch[rank::ranks]`); the gradients, losses and counts are summed over the ranks, so the metrics are those of
+    the whole data on every rank.
+    """
+    launched = distributed.world()
+    ranks, rank = launched.size, launched.rank
+    distributed.per_rank_batch(cfg.batch_size, ranks)  # refuses a batch that does not split evenly among them
+    share = slice(rank, None, ranks)  # this rank's images of each batch; all of them in one process
     generator = torch.Generator().manual_seed(cfg.seed)
     channels_last = cfg.channels_last and device.type != "mps"
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    step_fn = torch.compile(model) if cfg.compile else model
+    net = distributed.data_parallel(model, device)
+    if rank:  # dropout masks: each rank its own (rank 0 keeps the caller's seed, like one process)
+        torch.manual_seed(cfg.seed + rank)
+    step_fn = torch.compile(net) if cfg.compile else net
     train_split, val_split = data.train.to(device), data.val.to(device)
     n = len(train_split)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -166,38 +195,41 @@ def train(
     history = []
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
-        model.train()
+        net.train()
         order = torch.randperm(n, generator=generator) if cfg.shuffle else torch.arange(n)
         order = order.to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         lr = optimizer.param_groups[0]["lr"]
         for step, start in enumerate(range(0, n, cfg.batch_size), start=1):
-            interrupts.check()
-            batch = order[start : start + cfg.batch_size]
+            distributed.check_interrupts()
+            whole = order[start : start + cfg.batch_size]
+            batch = whole[share]
             x = to_float(train_split.images[batch], channels_last)
             y = train_split.labels[batch]
             if cfg.augment != "none":
-                x = augment(x, cfg.augment, generator)
+                x = augment(x, cfg.augment, generator, part=share, of=len(whole))
             with autocast:
                 logits = step_fn(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                loss = batch_loss(logits, y, cfg.label_smoothing, len(whole), ranks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            loss_sum += loss.detach() * len(batch)
+            loss_sum += loss.detach() * (len(whole) / ranks)
             correct += (logits.argmax(1) == y).sum()
-            if step % DIVERGENCE_CHECK_EVERY == 0:
-                _check_finite(loss_sum, epoch, step)
-        _check_finite(loss_sum, epoch, steps_per_epoch)
+            if step % DIVERGENCE_CHECK_EVERY == 0:  # decided on the sum over the ranks: all stop, or none
+                _check_finite(distributed.all_sum(loss_sum.clone()), epoch, step)
+        totals = distributed.all_sum(torch.stack([loss_sum.double(), correct.double()]))
+        _check_finite(totals[0], epoch, steps_per_epoch)
+        distributed.sync_buffers(model)  # every rank validates the model rank 0 logs
         with autocast:  # validation in the precision the model trains in: bf16 halves its time where it pays
-            val_loss, val_accuracy = evaluate(model, val_split, channels_last=channels_last)
+            val_loss, val_accuracy = validate(model, val_split, channels_last, share)
         result = EpochResult(
             epoch=epoch,
-            loss=loss_sum.item() / n,
-            accuracy=correct.item() / n,
+            loss=totals[0].item() / n,
+            accuracy=totals[1].item() / n,
             val_loss=val_loss,
             val_accuracy=val_accuracy,
             lr=lr,
@@ -207,6 +239,30 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(result, model)
     return history
+
+
+def batch_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, images: int, ranks: int
+) -> torch.Tensor:
+    """The batch's mean cross-entropy. Under DDP, which averages the ranks' gradients, each rank's summed loss is
+    scaled by ranks / `images` (the whole batch), so the average is one process's gradient, even for a last batch
+    that does not split evenly."""
+    if ranks == 1:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    summed = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="sum")
+    return summed * (ranks / images)
+
+
+def validate(model: nn.Module, split: Split, channels_last: bool, share: slice) -> tuple[float, float]:
+    """(mean loss, accuracy) on the whole of `split`; under DDP each rank measures its `share` and the sums are
+    added."""
+    if not distributed.active():
+        return evaluate(model, split, channels_last=channels_last)
+    log_probs = predict_logits(model, split.images[share], 1000, channels_last)
+    labels = split.labels[share].to(log_probs.device)
+    sums = torch.stack([F.nll_loss(log_probs, labels, reduction="sum"), (log_probs.argmax(1) == labels).sum()])
+    loss_sum, correct = distributed.all_sum(sums.double()).tolist()
+    return loss_sum / len(split), correct / len(split)
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
