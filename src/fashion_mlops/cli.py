@@ -18,6 +18,7 @@ from fashion_mlops.errors import UserError
 from fashion_mlops.inference import RUNTIMES
 from fashion_mlops.reports import Reports
 from fashion_mlops.tracking.client_settings import apply_client_defaults
+from fashion_mlops.tracking.workspace import anchored_params
 
 INTERRUPTED = 130
 
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(Path(args.params))
         manifest = load_manifest(params.data.manifest)
         check_against_manifest(params, manifest)
+        params = anchored_params(params)  # in `dvc exp run --queue`'s temporary copy: the repository's store and logs
         from fashion_mlops.tracking.store import tracking_uri
 
         check_cluster_store(params, tracking_uri(params))

@@ -17,14 +17,18 @@ from mlflow.exceptions import MlflowException
 from fashion_mlops.config import Params
 from fashion_mlops.errors import TrackingUnavailable
 from fashion_mlops.tracking import tags
+from fashion_mlops.tracking.workspace import anchored_uri
 
 REACHABILITY_TIMEOUT_S = 5.0
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 def tracking_uri(params: Params) -> str:
-    """`MLFLOW_TRACKING_URI` wins over params, so a shared server can be used without editing params."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.mlflow_uri
+    """`MLFLOW_TRACKING_URI` wins over params, so a shared server can be used without editing params. A relative
+    SQLite path names the original repository's file in a DVC experiment's temporary copy (`workspace`)."""
+    if env_uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return anchored_uri(env_uri, "MLFLOW_TRACKING_URI")
+    return anchored_uri(params.tracking.mlflow_uri, "tracking.mlflow_uri")
 
 
 def check_reachable(uri: str) -> None:
@@ -89,6 +93,7 @@ def open_store(params: Params) -> None:
     if uri.startswith("sqlite:///"):
         Path(sqlite_path(uri)).parent.mkdir(parents=True, exist_ok=True)
         _wait_when_sqlite_is_busy()
+        _create_tables_once(uri)
     if mlflow.get_tracking_uri() != uri:
         mlflow.set_tracking_uri(uri)
 
@@ -112,6 +117,26 @@ def lock_path(uri: str) -> Path:
         db = sqlite_path(uri)
         return db.with_name(db.name + ".lock")
     return Path(tempfile.gettempdir()) / f"fashion-mlops-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.lock"
+
+
+_tables_created: set[str] = set()
+
+
+def _create_tables_once(uri: str) -> None:
+    """The first process to open a new SQLite store creates its tables while the others wait.
+
+    MLflow creates them, and runs its schema migrations, in every process that finds them missing: two sweeps
+    started at once on a new file (`dvc queue start -j 2`) fail with "duplicate column" or "expected to match one
+    row". Its lock is a separate file from `lock_path`'s, which may already be held by this process.
+    """
+    if uri in _tables_created:
+        return
+    from filelock import FileLock
+
+    database = sqlite_path(uri)
+    with FileLock(database.with_name(database.name + "-init.lock"), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _tables_created.add(uri)
 
 
 _busy_timeout_installed = False
