@@ -153,6 +153,8 @@ def test_every_tracking_command_refuses_in_one_line_and_writes_nothing(
     _, copy = repo_with_copy(tmp_path)
     monkeypatch.chdir(copy)
     monkeypatch.delenv("DVC_ROOT", raising=False)
+    # an earlier test's mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would override these params
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (copy / "params.yaml").write_text(
         f"data: {{manifest: {sample_dataset / 'manifest.json'}, sources: [{sample_dataset}], val_size: 60}}\n"
     )
