@@ -44,9 +44,10 @@ def test_a_task_asks_for_its_threads_capped_at_the_largest_node_and_a_gpu_only_w
 def test_only_as_many_tasks_run_as_the_cluster_has_cpus_for(tmp_path: Path) -> None:
     capacity = Capacity(cpus=4, gpus=0, largest_node_cpus=2)
     cell = outcome(tmp_path, threads=2)
-    assert _fits(cell, {}, capacity, 2)
-    assert _fits(cell, {"a": (cell, Request(2, 0))}, capacity, 2)
-    assert not _fits(cell, {"a": (cell, Request(2, 0)), "b": (cell, Request(2, 0))}, capacity, 2)
+    request = _request(cell, capacity, default_threads=2)
+    assert _fits(request, {}, capacity)
+    assert _fits(request, {"a": (cell, Request(2, 0))}, capacity)
+    assert not _fits(request, {"a": (cell, Request(2, 0)), "b": (cell, Request(2, 0))}, capacity)
 
 
 def test_a_task_collects_the_models_it_trains_instead_of_using_the_export_queue(tmp_path: Path) -> None:

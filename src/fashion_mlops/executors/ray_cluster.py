@@ -104,9 +104,11 @@ def run_on_ray(
             while waiting or running:
                 # only as many tasks as the cluster can run at once: a finished task's warm worker process (torch
                 # and MLflow imported) takes the next cell, where a queued task would have started a cold one
-                while waiting and (not running or _fits(waiting[0], running, capacity, default_threads)):
+                while waiting:
+                    request = _request(waiting[0], capacity, default_threads)
+                    if running and not _fits(request, running, capacity):
+                        break
                     outcome = waiting.pop(0)
-                    request = _request(outcome, capacity, default_threads)
                     options = task.options(
                         num_cpus=request.cpus,
                         num_gpus=request.gpus,
@@ -234,11 +236,8 @@ def _request(outcome: CellOutcome, capacity: Capacity, default_threads: int) -> 
     return Request(min(train.threads or default_threads, capacity.largest_node_cpus), 1 if wants_gpu else 0)
 
 
-def _fits(
-    outcome: CellOutcome, running: dict[Any, tuple[CellOutcome, Request]], capacity: Capacity, default_threads: int
-) -> bool:
-    """Whether the cluster has room for `outcome`'s task beside the running ones."""
-    request = _request(outcome, capacity, default_threads)
+def _fits(request: Request, running: dict[Any, tuple[CellOutcome, Request]], capacity: Capacity) -> bool:
+    """Whether the cluster has room for a task asking for `request` beside the running ones."""
     cpus = sum(r.cpus for _, r in running.values()) + request.cpus
     gpus = sum(r.gpus for _, r in running.values()) + request.gpus
     return cpus <= capacity.cpus and gpus <= capacity.gpus
