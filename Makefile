@@ -52,4 +52,4 @@ lint: install
 	ruff check src tests benchmarks tools && ruff format --check src tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns runs data/raw models/champion.onnx models/openvino reports/*.json reports/*.csv reports/*.png
+	rm -rf $(VENV) mlflow.db optuna.db mlruns runs data/raw models/champion.onnx models/openvino reports/*.json reports/*.csv reports/*.png

@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 import reprlib
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -149,8 +150,40 @@ class TrainConfig(_Strict):
         return check_device(device)
 
 
+class SpaceRange(_Strict):
+    """A range one parameter of a sampled search is drawn from: uniformly, or log-uniformly with `log: true`."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _a_range(self) -> SpaceRange:
+        if not all(math.isfinite(bound) for bound in (self.low, self.high)):
+            raise ValueError("low and high must be finite numbers")
+        if self.low >= self.high:
+            raise ValueError(f"low = {self.low} must be below high = {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (low = {self.low}); drop log or raise low")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
 class SweepConfig(_Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    # grid: every combination of `grid`; random or tpe (Optuna's TPE sampler): `trials` draws from `space`
+    search: Literal["grid", "random", "tpe"] = "grid"
+    trials: int = Field(default=20, ge=1, le=MAX_GRID_CELLS)
+    # per parameter: a list to choose from, or a range {low, high, log}
+    space: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)  # the sampler's: the same seed draws the same trials
+    # stop a sampled trial after an epoch when its validation accuracy is poor: none, median (Optuna's / Ray
+    # Tune's median rule) or asha (asynchronous successive halving)
+    prune: Literal["none", "median", "asha"] = "none"
+    prune_warmup: int = Field(default=2, ge=0, le=1000)  # epochs every trial trains before it can be pruned
     workers: int = Field(default=1, ge=1, le=64)
     resume: bool = True
     # local: cells in this process or in `workers` local processes; ray: one Ray task per cell
@@ -171,14 +204,8 @@ class SweepConfig(_Strict):
     @field_validator("grid")
     @classmethod
     def _grid_shape(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        allowed = sorted([*TrainConfig.model_fields, *GRID_KEYS_OUTSIDE_TRAIN])
         for key, values in grid.items():
-            if key not in allowed:
-                raise ValueError(f"unknown grid key {_show(key)}; allowed: {', '.join(allowed)}")
-            if not values:
-                raise ValueError(f"grid key {key!r} has no values; give a non-empty list")
-            if len({_identity(v) for v in values}) != len(values):
-                raise ValueError(f"grid key {key!r} repeats a value: {_show(values)}")
+            _check_choices("grid", key, values)
         cells = math.prod(len(values) for values in grid.values())  # counted, not expanded: the cap guards that
         if cells > MAX_GRID_CELLS:
             sizes = " x ".join(f"{len(values)} {key}" for key, values in grid.items())
@@ -186,6 +213,78 @@ class SweepConfig(_Strict):
                 f"sweep.grid: {cells} runs ({sizes}) are more than the {MAX_GRID_CELLS} allowed; sweep fewer values"
             )
         return grid
+
+    @field_validator("space")
+    @classmethod
+    def _space_shape(cls, space: dict[str, Any]) -> dict[str, list[Any] | SpaceRange]:
+        return {key: _space_entry(key, values) for key, values in space.items()}
+
+    @model_validator(mode="after")
+    def _search_settings_agree(self) -> SweepConfig:
+        if self.search == "grid":
+            if self.space:
+                raise ConfigError("sweep.space is drawn from by search random or tpe; with search grid use sweep.grid")
+            if self.prune != "none":
+                raise ConfigError(f"sweep.prune = {self.prune!r} needs sweep.search random or tpe; use prune none")
+            return self
+        if self.workers > 1 and self.executor == "local":
+            raise ConfigError(
+                f"sweep.workers = {self.workers}: a local search trains its trials one after another, each learning "
+                "from the last; use workers 1 (or executor ray for trials side by side)"
+            )
+        if both := sorted(set(self.space) & set(self.grid)):
+            raise ConfigError(f"sweep.space.{both[0]} is also in sweep.grid; give each parameter in one of them")
+        if not self.space and not self.grid:
+            raise ConfigError(f"sweep.search = {self.search!r} needs sweep.space: the parameters to draw trials from")
+        return self
+
+    def choices(self) -> dict[str, list[Any] | SpaceRange]:
+        """What a sampled search draws from: `space`, and each key of `grid` as a list to choose from."""
+        return {**self.grid, **self.space}
+
+
+def numeric_kind(key: str) -> type | None:
+    """int or float for a numeric training setting (which a range can be drawn for), else None."""
+    field = TrainConfig.model_fields.get(key)
+    if field is None:
+        return None
+    kinds = typing.get_args(field.annotation) or (field.annotation,)
+    return next((kind for kind in kinds if kind in (int, float)), None)
+
+
+def _space_entry(key: str, values: Any) -> list[Any] | SpaceRange:
+    """One key of `sweep.space`: a list of choices, or a range, which one ValueError line refuses."""
+    if isinstance(values, list):
+        _check_choices("space", key, values)
+        return values
+    _check_swept_key("space", key)
+    if not isinstance(values, dict):
+        raise ValueError(f"space key {key!r} = {_show(values)}: give a list of values or a range {{low, high, log}}")
+    try:
+        return SpaceRange.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ValueError(f"space key {key!r}: unknown key {where!r}; allowed: low, high, log") from None
+        if first["type"] == "missing":
+            raise ValueError(f"space key {key!r}: {where} is missing; a range needs low and high") from None
+        detail = f"{where} = {_show(first.get('input'))}: " if where else ""
+        raise ValueError(f"space key {key!r}: {detail}{_clean(first['msg'])}") from None
+
+
+def _check_swept_key(section: str, key: str) -> None:
+    allowed = sorted([*TrainConfig.model_fields, *GRID_KEYS_OUTSIDE_TRAIN])
+    if key not in allowed:
+        raise ValueError(f"unknown {section} key {_show(key)}; allowed: {', '.join(allowed)}")
+
+
+def _check_choices(section: str, key: str, values: list[Any]) -> None:
+    _check_swept_key(section, key)
+    if not values:
+        raise ValueError(f"{section} key {key!r} has no values; give a non-empty list")
+    if len({_identity(v) for v in values}) != len(values):
+        raise ValueError(f"{section} key {key!r} repeats a value: {_show(values)}")
 
 
 class TrackingConfig(_Strict):
@@ -254,28 +353,49 @@ class Params(_Strict):
     def _grid_values_are_valid(self) -> Params:
         for key, values in self.sweep.grid.items():
             for index, value in enumerate(values):
-                where = f"sweep.grid.{key}[{index}]"
-                if key == "arch":
-                    if not isinstance(value, str):
-                        raise ConfigError(f"{where} = {_show(value)}: expected an architecture name")
-                    _raise_as_config_error(where, value, lambda v=value: check_arch(v))
-                else:
-                    fields = self.train.model_dump() | {key: value}
-                    _raise_as_config_error(where, value, lambda f=fields: TrainConfig(**f))
+                self._check_value(f"sweep.grid.{key}[{index}]", key, value)
+        for key, choice in self.sweep.space.items():
+            if isinstance(choice, list):
+                for index, value in enumerate(choice):
+                    self._check_value(f"sweep.space.{key}[{index}]", key, value)
+                continue
+            kind = numeric_kind(key)
+            if kind is None:
+                raise ConfigError(f"sweep.space.{key}: a range needs a numeric parameter; give a list of values")
+            if kind is int and not choice.integer:
+                raise ConfigError(f"sweep.space.{key}: an integer parameter; give integer low and high")
+            self._check_value(f"sweep.space.{key}.low", key, choice.low)
+            self._check_value(f"sweep.space.{key}.high", key, choice.high)
         return self
+
+    def _check_value(self, where: str, key: str, value: Any) -> None:
+        """One swept value: an architecture models.py builds, or a training setting TrainConfig accepts."""
+        if key == "arch":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where} = {_show(value)}: expected an architecture name")
+            _raise_as_config_error(where, value, lambda: check_arch(value))
+        else:
+            fields = self.train.model_dump() | {key: value}
+            _raise_as_config_error(where, value, lambda: TrainConfig(**fields))
 
     def cells(self) -> list[Cell]:
         """Every combination of the grid, in params order; one run each. The one place the grid is expanded."""
         return [
-            Cell(
-                index=index,
-                name=cell_name(index, combo),
-                arch=str(combo.get("arch", self.model.arch)),
-                train=self.train.model_copy(update={k: v for k, v in combo.items() if k != "arch"}),
-                swept=combo,
-            )
-            for index, combo in enumerate(expand_grid(self.sweep.grid))
+            self.cell(index, cell_name(index, combo), combo) for index, combo in enumerate(expand_grid(self.sweep.grid))
         ]
+
+    def trial(self, number: int, values: dict[str, Any]) -> Cell:
+        """Trial `number` of a sampled search: the training settings with the drawn `values`."""
+        return self.cell(number, trial_name(number, values), values)
+
+    def cell(self, index: int, name: str, values: dict[str, Any]) -> Cell:
+        return Cell(
+            index=index,
+            name=name,
+            arch=str(values.get("arch", self.model.arch)),
+            train=self.train.model_copy(update={k: v for k, v in values.items() if k != "arch"}),
+            swept=values,
+        )
 
 
 class Cell(BaseModel):
@@ -302,6 +422,12 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def cell_name(index: int, combo: dict[str, Any]) -> str:
     """A readable, stable run name such as `run-03-lr=0.01-batch_size=100`."""
     return "-".join([f"run-{index:02d}", *(f"{key}={value}" for key, value in combo.items())])
+
+
+def trial_name(number: int, values: dict[str, Any]) -> str:
+    """A readable run name such as `trial-007-lr=0.00312-batch_size=64` (drawn numbers to 3 significant digits)."""
+    shown = (f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
+    return "-".join([f"trial-{number:03d}", *shown])
 
 
 def _identity(value: Any) -> Any:

@@ -65,6 +65,11 @@ def check_sweep(params: Params, launched: World) -> None:
     if launched.size == 1:
         return
     sweep = params.sweep
+    if sweep.search != "grid":
+        raise ConfigError(
+            f"sweep.search = {sweep.search}: a sampled search runs its trials one by one here or on Ray "
+            "(sweep.executor: ray), not under torchrun; run it without torchrun, or use search grid"
+        )
     if sweep.workers > 1 or sweep.executor != "local":
         raise ConfigError(
             f"sweep.workers = {sweep.workers}, sweep.executor = {sweep.executor}: under torchrun every process "

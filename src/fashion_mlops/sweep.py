@@ -34,7 +34,7 @@ from fashion_mlops.reports import Reports, write_json, write_text
 from fashion_mlops.tracking import CellRun, CellRuns, NullSweep, ReusedCell, SweepTracking
 from fashion_mlops.tracking.exporter import ModelExporter
 from fashion_mlops.tracking.runs import start_sweep
-from fashion_mlops.train import EpochResult, TrainingDiverged, pick_device, train
+from fashion_mlops.train import EpochResult, TrainingDiverged, TrialPruned, pick_device, train
 
 EpochDone = Callable[[str, EpochResult], None]
 # what one worker process needs besides the model: torch and its libraries, the training data, activations
@@ -118,12 +118,14 @@ def run_sweep(
     which cells to reuse and reports.
     """
     launched = distributed.world()
-    outcomes = [CellOutcome(cell) for cell in params.cells()]
-    execution = plan_execution(params, len(outcomes), distributed.default_threads(torch.get_num_threads()))
+    searched = params.sweep.search != "grid"
+    outcomes = [] if searched else [CellOutcome(cell) for cell in params.cells()]
+    n_runs = params.sweep.trials if searched else len(outcomes)
+    execution = plan_execution(params, n_runs, distributed.default_threads(torch.get_num_threads()))
     data_digest = dataset_digest(manifest, Path(params.data.dir))  # of the files on disk, verified
     with interrupts.deferred():
         tracking = (
-            start_sweep(params, params_path, manifest, len(outcomes), export, data_digest, execution.threads)
+            start_sweep(params, params_path, manifest, n_runs, export, data_digest, execution.threads)
             if launched.leader
             else NullSweep()
         )
@@ -131,15 +133,18 @@ def run_sweep(
             splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
             # the bar sees each count
-            epochs = sum(o.cell.train.epochs for o in outcomes)
+            epochs = sum(o.cell.train.epochs for o in outcomes) or n_runs * _most_epochs(params)
             with tqdm(
                 total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1, disable=not launched.leader
             ) as bar:
-                reuse = distributed.from_leader(tracking.reuse([o.cell for o in outcomes]))
-                for index, reused in reuse.items():
-                    _mark_reused(outcomes[index], reused, bar)
-                pending = [o for o in outcomes if o.status == "PENDING"]
-                _run_pending(pending, params, manifest, splits, tracking, bar, execution)
+                if searched:
+                    outcomes = run_search(params, splits, tracking, bar, execution.threads, data_digest)
+                else:
+                    reuse = distributed.from_leader(tracking.reuse([o.cell for o in outcomes]))
+                    for index, reused in reuse.items():
+                        _mark_reused(outcomes[index], reused, bar)
+                    pending = [o for o in outcomes if o.status == "PENDING"]
+                    _run_pending(pending, params, manifest, splits, tracking, bar, execution)
             if not launched.leader:
                 return outcomes  # rank 0 has the same outcomes, and reports them
             best = select_best(outcomes)
@@ -148,7 +153,11 @@ def run_sweep(
                 outcome.model_uri = outcome.model_uri or model_uris.get(str(outcome.run_id))
             write_reports(outcomes, best, tracking.sweep_run_id, reports)
             tracking.finish(
-                {"best_val_accuracy": best.final.val_accuracy, "finished_runs": _count(outcomes)},
+                {
+                    "best_val_accuracy": best.final.val_accuracy,
+                    "finished_runs": _count(outcomes),
+                    "pruned_runs": _count(outcomes, "PRUNED"),
+                },
                 {"best_run_id": str(best.run_id), "best_run_name": best.cell.name},
                 reports.root,
             )
@@ -162,8 +171,35 @@ def run_sweep(
     return outcomes
 
 
+def run_search(
+    params: Params, splits: Splits, tracking: SweepTracking, bar: tqdm, threads: int, data_digest: str
+) -> list[CellOutcome]:
+    """A sampled search's trials (`sweep.search: random | tpe`), here or on Ray Tune; every outcome, pruned too."""
+    from fashion_mlops.search import space  # late: a grid sweep does not import Optuna
+    from fashion_mlops.tracking.store import tracking_uri
+
+    name = space.study_name(params, data_digest, threads)
+    if params.sweep.executor == "ray":
+        from fashion_mlops.search.ray_tune import run_tune_search
+
+        return run_tune_search(params, splits, tracking, bar, threads, name, tracking_uri(params))
+    from fashion_mlops.search.local import open_study, run_local_search
+
+    study = open_study(params, space.study_storage(tracking_uri(params)), name)
+    return run_local_search(params, study, splits, tracking, bar, threads)
+
+
+def _most_epochs(params: Params) -> int:
+    from fashion_mlops.search.space import max_epochs
+
+    return max_epochs(params)
+
+
 def run_cell(outcome: CellOutcome, splits: Splits, run: CellRun, on_epoch: EpochDone) -> CellOutcome:
-    """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on."""
+    """Train one grid cell as a child run; a diverging run is marked FAILED and the sweep goes on.
+
+    `on_epoch` may raise TrialPruned (a search's pruner): the run keeps the epochs it trained and ends PRUNED.
+    """
     cell = outcome.cell
     interrupts.check()
     outcome.status = "RUNNING"
@@ -184,6 +220,10 @@ def run_cell(outcome: CellOutcome, splits: Splits, run: CellRun, on_epoch: Epoch
         run.finish(model, outcome.history, outcome.duration_s, splits.val)
         outcome.status = "FINISHED"
         run.end("FINISHED")
+    except TrialPruned as pruned:
+        outcome.status, outcome.failure = "PRUNED", str(pruned)
+        outcome.duration_s = time.perf_counter() - started
+        run.prune(outcome.history, outcome.duration_s, outcome.failure)
     except TrainingDiverged as error:
         outcome.status, outcome.failure = "FAILED", f"diverged: {error}"
         outcome.duration_s = time.perf_counter() - started
@@ -214,7 +254,7 @@ def _run_pending(
         from fashion_mlops.tracking.store import tracking_uri
 
         def on_epoch(name: str, val_accuracy: float) -> None:
-            _show_epoch(bar, name, val_accuracy)
+            show_epoch(bar, name, val_accuracy)
 
         uri = tracking_uri(params)
         run_on_ray(pending, splits, tracking.runs, params, uri, execution.threads, on_epoch, tracking.check)
@@ -230,7 +270,7 @@ def _mark_reused(outcome: CellOutcome, reused: ReusedCell, bar: tqdm) -> None:
     bar.update(outcome.cell.train.epochs)
 
 
-def _show_epoch(bar: tqdm, name: str, val_accuracy: float) -> None:
+def show_epoch(bar: tqdm, name: str, val_accuracy: float) -> None:
     bar.set_postfix_str(f"{name[:40]} val_acc={val_accuracy:.4f}")
     bar.update(1)
 
@@ -241,7 +281,7 @@ def _run_serially(
     """Each cell in this process, with its own thread count (train.threads, swept or not; else the plan's)."""
 
     def on_epoch(name: str, result: EpochResult) -> None:
-        _show_epoch(bar, name, result.val_accuracy)
+        show_epoch(bar, name, result.val_accuracy)
         tracking.check()
 
     for outcome in pending:
@@ -318,7 +358,7 @@ def _drain(events: Any, bar: tqdm) -> None:
             name, val_accuracy = events.get_nowait()
         except queue.Empty:
             return
-        _show_epoch(bar, name, val_accuracy)
+        show_epoch(bar, name, val_accuracy)
 
 
 # --- selection and reports ------------------------------------------------------------------------
@@ -370,6 +410,7 @@ def write_reports(outcomes: list[CellOutcome], best: CellOutcome, sweep_run_id: 
             "best_val_accuracy": best.final.val_accuracy,
             "best_val_loss": best.final.val_loss,
             "finished_runs": _count(outcomes),
+            "pruned_runs": _count(outcomes, "PRUNED"),
             "total_runs": len(outcomes),
             "runs": runs,
             "rows": table.to_dict(orient="records"),
@@ -398,7 +439,7 @@ def print_summary(outcomes: list[CellOutcome], best: CellOutcome) -> None:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for o in outcomes:
         f = o.final
-        cells = [str(o.cell.index), *[str(o.cell.swept[k]) for k in swept_keys]]
+        cells = [str(o.cell.index), *[_shown(o.cell.swept[k]) for k in swept_keys]]
         cells.append(o.status + (" (reused)" if o.reused_from else ""))
         cells += [f"{f.val_accuracy:.4f}", f"{f.val_loss:.4f}", f"{f.accuracy:.4f}"] if f else ["-", "-", "-"]
         cells.append(f"{o.duration_s:.1f}")
@@ -408,8 +449,13 @@ def print_summary(outcomes: list[CellOutcome], best: CellOutcome) -> None:
     console.print(f"best: {best.cell.name} (val_accuracy {best.final.val_accuracy:.4f}), run id {best.run_id}")
 
 
-def _count(outcomes: list[CellOutcome]) -> int:
-    return sum(o.status == "FINISHED" for o in outcomes)
+def _count(outcomes: list[CellOutcome], status: str = "FINISHED") -> int:
+    return sum(o.status == status for o in outcomes)
+
+
+def _shown(value: Any) -> str:
+    """A swept value in the summary table: drawn floats to 4 significant digits (the CSV keeps them whole)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _plain(value: Any) -> Any:

@@ -23,6 +23,10 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class TrialPruned(Exception):
+    """A search's pruner stopped this run after an epoch: its validation accuracy was poor against the others'."""
+
+
 @dataclass(frozen=True)
 class EpochResult:
     """What one epoch measured. A new per-epoch metric is a field here, filled in `train`: MLflow, TensorBoard

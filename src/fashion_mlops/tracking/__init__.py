@@ -35,6 +35,9 @@ class CellRun(Protocol):
     def end(self, status: str, reason: str | None = None) -> None:
         """The run ends FINISHED, FAILED or KILLED (a FINISHED run with a model ends once the model is logged)."""
 
+    def prune(self, history: list[EpochResult], duration_s: float, reason: str) -> None:
+        """A search's pruner stopped training: the metrics reached so far, tagged pruned, and the run ends KILLED."""
+
 
 class CellRuns(Protocol):
     """Hands out cell runs; picklable, so worker processes get one too."""
@@ -44,13 +47,15 @@ class CellRuns(Protocol):
 
 @dataclass(frozen=True)
 class ReusedCell:
-    """An earlier FINISHED run with the same fingerprint (params, data, code), standing in for training a cell."""
+    """An earlier run standing in for training a cell: a FINISHED one with the same fingerprint (params, data,
+    code), or a resumed search's trial."""
 
     run_id: str
     history: list[EpochResult]
     duration_s: float
     model_uri: str | None
     reused_from: str
+    status: str = "FINISHED"  # or KILLED: a pruned trial
 
 
 class SweepTracking(Protocol):
@@ -61,6 +66,9 @@ class SweepTracking(Protocol):
 
     def reuse(self, cells: list[Cell]) -> dict[int, ReusedCell]:
         """Child runs for the cells an earlier identical run already trained (when sweep.resume is on)."""
+
+    def reuse_trial(self, cell: Cell, run_id: str) -> ReusedCell | None:
+        """A child run copying run `run_id`, a resumed search's earlier trial (finished or pruned), if still there."""
 
     def check(self) -> None:
         """Raise TrackingFailed if logging a model failed, so the sweep stops at a safe point."""
@@ -86,6 +94,8 @@ class NullCellRun:
 
     def end(self, status: str, reason: str | None = None) -> None: ...
 
+    def prune(self, history: list[EpochResult], duration_s: float, reason: str) -> None: ...
+
 
 class NullCellRuns:
     def cell(self, cell: Cell) -> CellRun:
@@ -98,6 +108,9 @@ class NullSweep:
 
     def reuse(self, cells: list[Cell]) -> dict[int, ReusedCell]:
         return {}
+
+    def reuse_trial(self, cell: Cell, run_id: str) -> ReusedCell | None:
+        return None
 
     def check(self) -> None: ...
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from torch import nn
@@ -195,14 +195,19 @@ class CellRunFactory:
         return run_fingerprint(cell, self.params, self.data_digest, self.threads)
 
     def cell_tags(self, cell: Cell, tensorboard_dir: str) -> dict[str, str]:
-        """The tags of one grid cell's child run of this sweep."""
-        return self.tags | {
-            tags.KIND: "cell",
-            tags.SWEEP: self.sweep_run_id,
-            tags.FINGERPRINT: self.fingerprint(cell),
-            tags.TENSORBOARD: tensorboard_dir,
-            tags.PARENT: self.sweep_run_id,
-        }
+        """The tags of one grid cell's (or search trial's) child run of this sweep."""
+        trial = {tags.TRIAL: str(cell.index)} if self.params.sweep.search != "grid" else {}
+        return (
+            self.tags
+            | trial
+            | {
+                tags.KIND: "cell",
+                tags.SWEEP: self.sweep_run_id,
+                tags.FINGERPRINT: self.fingerprint(cell),
+                tags.TENSORBOARD: tensorboard_dir,
+                tags.PARENT: self.sweep_run_id,
+            }
+        )
 
 
 class MlflowCellRun:
@@ -243,16 +248,7 @@ class MlflowCellRun:
             self.tensorboard.log_epoch(result, model if due else None)
 
     def finish(self, model: nn.Module, history: list[EpochResult], duration_s: float, val: Split) -> None:
-        final = history[-1]
-        summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
-        with tracking_writes():
-            self.client.log_batch(
-                self.run_id, metrics=metric_batch(summary | {"run_duration_s": duration_s}, step=final.epoch)
-            )
-            hparam_metrics = ("accuracy", "loss", "val_accuracy", "val_loss")
-            self.tensorboard.log_hparams(
-                self.cell.swept or {"arch": self.cell.arch}, {k: getattr(final, k) for k in hparam_metrics}
-            )
+        self._summarise(history, duration_s, "finished")
         if self.factory.exports is not None:
             exporter.request(self.factory.exports, self.run_id, self.cell.arch, model, val.images[:EXAMPLE_IMAGES])
             self.exporting = True
@@ -267,6 +263,31 @@ class MlflowCellRun:
             finally:
                 if not (status == "FINISHED" and self.exporting):  # the export process ends it once logged
                     end_run(self.run_id, status, reason)
+
+    def prune(self, history: list[EpochResult], duration_s: float, reason: str) -> None:
+        if self.run_id is None:
+            return
+        if history:
+            self._summarise(history, duration_s, "pruned")
+        self.end("KILLED", reason)
+
+    def _summarise(self, history: list[EpochResult], duration_s: float, trial_state: str) -> None:
+        """Final metrics, the HParams entry and, in a sampled search, whether the trial finished or was pruned."""
+        final = history[-1]
+        summary = {"final_" + k: v for k, v in final.as_dict().items() if k not in ("epoch", "lr")}
+        searched = self.factory.params.sweep.search != "grid"
+        hparams = self.cell.swept or {"arch": self.cell.arch}
+        with tracking_writes():
+            self.client.log_batch(
+                self.run_id,
+                metrics=metric_batch(summary | {"run_duration_s": duration_s}, step=final.epoch),
+                tags=[RunTag(tags.TRIAL_STATE, trial_state)] if searched else [],
+            )
+            hparam_metrics = ("accuracy", "loss", "val_accuracy", "val_loss")
+            self.tensorboard.log_hparams(
+                hparams | ({"trial_state": trial_state} if searched else {}),
+                {k: getattr(final, k) for k in hparam_metrics},
+            )
 
     def _dataset(self, train: Split) -> DatasetInput:
         """The training data as an MLflow dataset input, named and digested by the manifest."""
@@ -312,21 +333,37 @@ class SweepRun:
             max_results=5,
         )
         found = next((run for run in earlier if _intact(run, self.runs.params.tracking.log_models)), None)
-        if found is None:
-            return None
+        return None if found is None else self._copy(cell, found)
+
+    def reuse_trial(self, cell: Cell, run_id: str) -> ReusedCell | None:
+        with tracking_writes():
+            try:
+                found = self.client.get_run(run_id)
+            except MlflowException:
+                return None
+            pruned = found.data.tags.get(tags.TRIAL_STATE) == "pruned"
+            if found.info.status != ("KILLED" if pruned else "FINISHED"):
+                return None
+            if not pruned and not _intact(found, self.runs.params.tracking.log_models):
+                return None
+            return self._copy(cell, found)
+
+    def _copy(self, cell: Cell, found: Run) -> ReusedCell:
+        """A child run of this sweep copying `found`: its params, metrics, model and events, and its status."""
         model_uri = found.data.tags.get(tags.MODEL_URI)
         run_tags = self.runs.cell_tags(cell, found.data.tags.get(tags.TENSORBOARD, "")) | {
             tags.REUSED_FROM: found.info.run_id
         }
-        if tags.HOST in found.data.tags:  # the host whose disk holds the events (no pid: the run is never RUNNING)
-            run_tags[tags.HOST] = found.data.tags[tags.HOST]
+        for key in (tags.HOST, tags.TRIAL_STATE, tags.FAILURE):  # HOST: whose disk holds the events (no pid)
+            if key in found.data.tags:
+                run_tags[key] = found.data.tags[key]
         if model_uri:
             run_tags[tags.MODEL_URI] = model_uri
         child = self.client.create_run(self.runs.experiment_id, run_name=cell.name, tags=run_tags)
         history = self._copy_results(found, child.info.run_id)
-        self.client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.client.set_terminated(child.info.run_id, found.info.status)
         duration_s = found.data.metrics.get("run_duration_s", 0.0)
-        return ReusedCell(child.info.run_id, history, duration_s, model_uri, found.info.run_id)
+        return ReusedCell(child.info.run_id, history, duration_s, model_uri, found.info.run_id, found.info.status)
 
     def _copy_results(self, earlier: Run, run_id: str) -> list[EpochResult]:
         """Copy an earlier run's params and metric histories into `run_id`; returns its per-epoch results."""
@@ -392,11 +429,16 @@ def _intact(run: Run, log_models: bool) -> bool:
 
 def sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
     """The parent run's params: every fixed training setting and the grid."""
-    fixed = {k: v for k, v in params.train.model_dump().items() if k not in params.sweep.grid}
+    sweep = params.sweep
+    searched = sweep.search != "grid"
+    fixed = {k: v for k, v in params.train.model_dump().items() if k not in sweep.grid and k not in sweep.space}
+    search = {"space": str(sweep.space), "seed": sweep.seed, "prune": sweep.prune} if searched else {}
     return {
         **fixed,
         "arch": params.model.arch,
-        "grid": str(params.sweep.grid),
+        "search": sweep.search,
+        **search,
+        "grid": str(sweep.grid),
         "runs": n_runs,
         "workers": params.sweep.workers,
         "val_size": params.data.val_size,

@@ -9,6 +9,10 @@ TENSORBOARD = "tensorboard.dir"  # the run's TensorBoard event directory
 MODEL_URI = "fashion_mlops.model_uri"  # the run's logged model, set once it is exported
 REUSED_FROM = "fashion_mlops.reused_from"  # the earlier identical run whose results a resumed cell took
 FAILURE = "fashion_mlops.failure"  # why a run ended FAILED or KILLED
+# on a sampled search's trial: "finished" or "pruned" (a pruned trial ends KILLED, its reason in FAILURE), and
+# the Optuna trial number
+TRIAL_STATE = "fashion_mlops.trial_state"
+TRIAL = "fashion_mlops.trial"
 HOST = "fashion_mlops.host"  # the host and process that own a RUNNING run, so a later sweep can tell
 PID = "fashion_mlops.pid"  # a live run from one whose process died
 PARENT = "mlflow.parentRunId"
