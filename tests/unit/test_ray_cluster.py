@@ -14,9 +14,9 @@ from fashion_mlops.executors.ray_cluster import (
     Request,
     _collect_events,
     _fits,
-    _remote_runs,
-    _request,
     _write_events,
+    remote_runs,
+    request_for,
 )
 from fashion_mlops.sweep import CellOutcome
 from fashion_mlops.tracking import NullCellRuns
@@ -34,17 +34,17 @@ def test_a_task_asks_for_its_threads_capped_at_the_largest_node_and_a_gpu_only_w
     tmp_path: Path,
 ) -> None:
     cpu_only = Capacity(cpus=8, gpus=0, largest_node_cpus=4)
-    assert _request(outcome(tmp_path, threads=2), cpu_only, default_threads=6) == Request(2, 0)
-    assert _request(outcome(tmp_path), cpu_only, default_threads=6) == Request(4, 0)
+    assert request_for(outcome(tmp_path, threads=2).cell.train, cpu_only, default_threads=6) == Request(2, 0)
+    assert request_for(outcome(tmp_path).cell.train, cpu_only, default_threads=6) == Request(4, 0)
     with_gpus = Capacity(cpus=8, gpus=2, largest_node_cpus=4)
-    assert _request(outcome(tmp_path, device="auto"), with_gpus, default_threads=2) == Request(2, 1)
-    assert _request(outcome(tmp_path, device="cpu"), with_gpus, default_threads=2) == Request(2, 0)
+    assert request_for(outcome(tmp_path, device="auto").cell.train, with_gpus, default_threads=2) == Request(2, 1)
+    assert request_for(outcome(tmp_path, device="cpu").cell.train, with_gpus, default_threads=2) == Request(2, 0)
 
 
 def test_only_as_many_tasks_run_as_the_cluster_has_cpus_for(tmp_path: Path) -> None:
     capacity = Capacity(cpus=4, gpus=0, largest_node_cpus=2)
     cell = outcome(tmp_path, threads=2)
-    request = _request(cell, capacity, default_threads=2)
+    request = request_for(cell.cell.train, capacity, default_threads=2)
     assert _fits(request, {}, capacity)
     assert _fits(request, {"a": (cell, Request(2, 0))}, capacity)
     assert not _fits(request, {"a": (cell, Request(2, 0)), "b": (cell, Request(2, 0))}, capacity)
@@ -53,11 +53,11 @@ def test_only_as_many_tasks_run_as_the_cluster_has_cpus_for(tmp_path: Path) -> N
 def test_a_task_collects_the_models_it_trains_instead_of_using_the_export_queue(tmp_path: Path) -> None:
     params = load_params(write_params(tmp_path / "params.yaml", tiny_params(tmp_path, tmp_path)))
     factory = CellRunFactory(params, "sweep", "1", {}, "data", "digest", 2, exports=object())
-    remote = _remote_runs(factory)
+    remote = remote_runs(factory)
     assert isinstance(remote.exports, CollectedExports) and remote.exports.items == []
     assert remote.sweep_run_id == "sweep"
     untracked = NullCellRuns()
-    assert _remote_runs(untracked) is untracked
+    assert remote_runs(untracked) is untracked
 
 
 def test_a_remote_cells_events_come_back_to_the_same_path_under_the_tensorboard_dir(

@@ -21,7 +21,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from fashion_mlops.tracking import CellRuns
 from fashion_mlops.tracking.client_settings import CLIENT_DEFAULTS
 
 if TYPE_CHECKING:
-    from fashion_mlops.config import Params
+    from fashion_mlops.config import Params, TrainConfig
     from fashion_mlops.data.splits import Splits
     from fashion_mlops.sweep import CellOutcome
     from fashion_mlops.tracking.exporter import Export
@@ -81,16 +81,7 @@ def run_on_ray(
 ) -> None:
     """Train `pending` as Ray tasks; results land back in `pending`. `on_epoch(name, val_accuracy)` reports
     progress, `check()` is called between polls (it raises to stop the sweep)."""
-    if params.sweep.ray_address is not None and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
-        # a head started by `ray start` requires its token by default, but a driver joining it sends one only in
-        # token mode, which Ray reads when it is imported
-        os.environ["RAY_AUTH_MODE"] = "token"
-    ray = _import_ray()
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _connect(ray, params.sweep.ray_address, tracking_uri)
-    for sig, handler in handlers.items():  # Ray's own SIGTERM handler would abort this process, leaving runs open
-        signal.signal(sig, handler)
-    try:
+    with ray_connection(params.sweep.ray_address, tracking_uri) as ray:
         from ray.util.queue import Queue
 
         progress = Queue(actor_options={"num_cpus": 0})
@@ -99,13 +90,13 @@ def run_on_ray(
         task = ray.remote(train_cell_task)
         waiting = list(pending)
         running: dict[Any, tuple[CellOutcome, Request]] = {}
-        capacity = _capacity(ray)
+        capacity = capacity_of(ray)
         try:
             while waiting or running:
                 # only as many tasks as the cluster can run at once: a finished task's warm worker process (torch
                 # and MLflow imported) takes the next cell, where a queued task would have started a cold one
                 while waiting:
-                    request = _request(waiting[0], capacity, default_threads)
+                    request = request_for(waiting[0].cell.train, capacity, default_threads)
                     if running and not _fits(request, running, capacity):
                         break
                     outcome = waiting.pop(0)
@@ -116,7 +107,7 @@ def run_on_ray(
                         name=f"fashion-mlops {outcome.cell.name}",
                     )
                     threads = outcome.cell.train.threads or default_threads
-                    ref = options.remote(outcome, splits_ref, _remote_runs(runs), threads, driver, progress)
+                    ref = options.remote(outcome, splits_ref, remote_runs(runs), threads, driver, progress)
                     running[ref] = (outcome, request)
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 _drain(progress, on_epoch)
@@ -125,11 +116,27 @@ def run_on_ray(
                 for ref in done:
                     _take(ray, ref, running.pop(ref)[0], runs, params.tracking.tensorboard_dir)
                 if done and waiting:
-                    capacity = _capacity(ray)  # nodes may have joined or left the cluster
+                    capacity = capacity_of(ray)  # nodes may have joined or left the cluster
             _drain(progress, on_epoch)
         except BaseException:
             _cancel(ray, list(running))
             raise
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None, tracking_uri: str) -> Iterator[Any]:
+    """`ray`, joined to the cluster at `address` or to a Ray instance started here (None) for the block."""
+    if address is not None and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+        # a head started by `ray start` requires its token by default, but a driver joining it sends one only in
+        # token mode, which Ray reads when it is imported
+        os.environ["RAY_AUTH_MODE"] = "token"
+    ray = _import_ray()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _connect(ray, address, tracking_uri)
+    for sig, handler in handlers.items():  # Ray's own SIGTERM handler would abort this process, leaving runs open
+        signal.signal(sig, handler)
+    try:
+        yield ray
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()  # disconnects; a Ray instance started for the sweep stops with it
@@ -223,15 +230,14 @@ class Capacity:
     largest_node_cpus: int  # a task asking for more would wait forever for a node that can run it
 
 
-def _capacity(ray: Any) -> Capacity:
+def capacity_of(ray: Any) -> Capacity:
     total = ray.cluster_resources()
     nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
     return Capacity(total.get("CPU", 0), total.get("GPU", 0), max(1, int(max(nodes, default=1))))
 
 
-def _request(outcome: CellOutcome, capacity: Capacity, default_threads: int) -> Request:
-    """The cell's CPU threads (at most one node's CPUs), and a GPU where it trains on one."""
-    train = outcome.cell.train
+def request_for(train: TrainConfig, capacity: Capacity, default_threads: int) -> Request:
+    """The CPU threads a run trains with (at most one node's CPUs), and a GPU where it trains on one."""
     wants_gpu = train.device == "cuda" or (train.device == "auto" and capacity.gpus >= 1)
     return Request(min(train.threads or default_threads, capacity.largest_node_cpus), 1 if wants_gpu else 0)
 
@@ -243,7 +249,7 @@ def _fits(request: Request, running: dict[Any, tuple[CellOutcome, Request]], cap
     return cpus <= capacity.cpus and gpus <= capacity.gpus
 
 
-def _remote_runs(runs: CellRuns) -> CellRuns:
+def remote_runs(runs: CellRuns) -> CellRuns:
     """What a task opens its child runs with: the models it trains come back in its result instead of going to the
     export process's queue, which lives in this process."""
     if dataclasses.is_dataclass(runs) and getattr(runs, "exports", None) is not None:

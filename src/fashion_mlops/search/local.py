@@ -34,7 +34,7 @@ FAILURE = "failure"
 
 def open_study(params: Params, storage: str, name: str) -> optuna.Study:
     """The search's study, created or (with sweep.resume) loaded; with resume off, an earlier one is replaced."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep's bar and table say what Optuna would log
+    space.quiet()
     sweep = params.sweep
     if not sweep.resume:
         with contextlib.suppress(KeyError):  # none yet
@@ -130,10 +130,7 @@ def _reporter(
         trial.report(result.val_accuracy, result.epoch)
         if trial.should_prune():
             bar.update(epochs - result.epoch)
-            raise TrialPruned(
-                f"pruned after epoch {result.epoch} of {epochs} by the {_rule(trial)} rule: "
-                f"val_accuracy {result.val_accuracy:.4f}"
-            )
+            raise TrialPruned(space.pruned_reason(_rule(trial), result.epoch, epochs, result.val_accuracy))
 
     return on_epoch
 

@@ -19,6 +19,11 @@ ASHA_REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung, Optuna's an
 TPE_MAX_STARTUP_TRIALS = 10  # TPE draws its first trials at random: a third of the budget, at most Optuna's 10
 
 
+def quiet() -> None:
+    """Optuna logs each trial at INFO; the sweep's bar and tables say it already."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def distributions(sweep: SweepConfig) -> dict[str, BaseDistribution]:
     """One Optuna distribution per searched parameter (grid keys are choices too), in params order."""
     return {key: _distribution(key, choice) for key, choice in sweep.choices().items()}
@@ -56,6 +61,11 @@ def max_epochs(params: Params) -> int:
     if choice is None:
         return params.train.epochs
     return int(max(choice) if isinstance(choice, list) else choice.high)
+
+
+def pruned_reason(rule: str, epoch: int, epochs: int, val_accuracy: float) -> str:
+    """The reason a pruned trial's run records (as its failure tag) and the sweep's tables show."""
+    return f"pruned after epoch {epoch} of {epochs} by the {rule} rule: val_accuracy {val_accuracy:.4f}"
 
 
 def study_name(params: Params, data_digest: str, threads: int) -> str:

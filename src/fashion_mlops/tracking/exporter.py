@@ -190,7 +190,7 @@ def _export_until_done(inbox: Any, replies: Any) -> None:
         try:
             if failure is not None:  # the sweep stops at its next check; nothing more is exported
                 raise TrackingFailed(failure)
-            replies.put(Reply(run_id=message.run_id, model_uri=_export(message)))
+            replies.put(Reply(run_id=message.run_id, model_uri=export_model(message)))
         except Exception as error:  # reported once, as one line, to the sweep process
             if failure is None:
                 failure = f"{type(error).__name__}: {error}"
@@ -208,7 +208,8 @@ def _warm_up() -> None:
     torch.set_num_threads(1)  # idle OpenMP workers would spin on the cores training needs
 
 
-def _export(message: Export) -> str:
+def export_model(message: Export) -> str:
+    """Log one model to its run, record its URI on the run and end it FINISHED; returns the model URI."""
     import torch
 
     from fashion_mlops.models import build_model
