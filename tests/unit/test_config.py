@@ -89,6 +89,14 @@ def as_yaml(params: Any) -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
+def searched(**sweep: Any) -> dict[str, Any]:
+    """valid_params() with a TPE search over a learning-rate range, and `sweep` keys on top."""
+    params = valid_params()
+    params["sweep"] = {"search": "tpe", "trials": 6, "space": {"lr": {"low": 1e-4, "high": 0.1, "log": True}}}
+    params["sweep"].update(sweep)
+    return params
+
+
 # (case id, params file text or None for "no file", substrings the one error line must contain)
 BAD_INPUTS: list[tuple[str, str | None, tuple[str, ...]]] = [
     ("epochs-is-a-word", as_yaml(with_value("train.epochs", "three")), ("train.epochs", "'three'")),
@@ -154,6 +162,41 @@ BAD_INPUTS: list[tuple[str, str | None, tuple[str, ...]]] = [
     ("sources-empty", as_yaml(with_value("data.sources", [])), ("data.sources",)),
     ("sources-s3", as_yaml(with_value("data.sources", ["s3://bucket/fashion"])), ("data.sources", "s3")),
     ("workers-zero", as_yaml(with_value("sweep.workers", 0)), ("sweep.workers",)),
+    ("search-unknown", as_yaml(searched(search="bayes")), ("sweep.search", "'bayes'")),
+    ("search-trials-zero", as_yaml(searched(trials=0)), ("sweep.trials", "greater than or equal to 1")),
+    ("space-low-not-below-high", as_yaml(searched(space={"lr": {"low": 0.1, "high": 0.01}})), ("'lr'", "below")),
+    ("space-low-equals-high", as_yaml(searched(space={"lr": {"low": 0.1, "high": 0.1}})), ("'lr'", "below")),
+    (
+        "space-log-with-zero-low",
+        as_yaml(searched(space={"weight_decay": {"low": 0.0, "high": 0.1, "log": True}})),
+        ("'weight_decay'", "log: true needs low > 0"),
+    ),
+    ("space-unknown-parameter", as_yaml(searched(space={"learning_rate": [0.1]})), ("sweep.space", "learning_rate")),
+    ("space-range-missing-high", as_yaml(searched(space={"lr": {"low": 0.1}})), ("'lr'", "high is missing")),
+    ("space-range-unknown-key", as_yaml(searched(space={"lr": {"low": 0.1, "high": 1, "q": 2}})), ("'q'", "low, high")),
+    ("space-not-list-or-range", as_yaml(searched(space={"lr": 0.1})), ("'lr'", "list of values or a range")),
+    ("space-range-bound-too-high", as_yaml(searched(space={"lr": {"low": 0.1, "high": 20}})), ("sweep.space.lr.high",)),
+    (
+        "space-range-of-a-word-parameter",
+        as_yaml(searched(space={"optimizer": {"low": 1, "high": 2}})),
+        ("sweep.space.optimizer", "give a list"),
+    ),
+    (
+        "space-float-range-for-an-integer",
+        as_yaml(searched(space={"batch_size": {"low": 16, "high": 64.5}})),
+        ("sweep.space.batch_size", "integer"),
+    ),
+    ("space-bad-choice", as_yaml(searched(space={"optimizer": ["adam", "rmsprop"]})), ("sweep.space.optimizer[1]",)),
+    ("space-empty-with-tpe", as_yaml(searched(space={}, grid={})), ("sweep.search", "sweep.space")),
+    ("space-with-grid-search", as_yaml(searched(search="grid")), ("sweep.space", "random or tpe")),
+    ("prune-with-grid-search", as_yaml(with_value("sweep.prune", "median")), ("sweep.prune", "random or tpe")),
+    ("prune-unknown", as_yaml(searched(prune="hyperband")), ("sweep.prune", "'hyperband'")),
+    (
+        "parameter-in-grid-and-space",
+        as_yaml(searched(grid={"lr": [0.1, 0.01]})),
+        ("sweep.space.lr", "also in sweep.grid"),
+    ),
+    ("search-with-workers", as_yaml(searched(workers=2)), ("sweep.workers", "one after another")),
     ("params-file-missing", None, ("params.yaml", "not found")),
     ("params-file-not-yaml", "train: [epochs: 3\nsweep: {\n", ("params.yaml", "YAML")),
     ("params-file-a-list", as_yaml([valid_params()]), ("params.yaml", "mapping")),

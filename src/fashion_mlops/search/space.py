@@ -49,7 +49,7 @@ def pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
     """No trial stops before it trained `prune_warmup` epochs (the decision comes after an epoch)."""
     warmup = max(1, sweep.prune_warmup)
     if sweep.prune == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup - 1)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup)
     if sweep.prune == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=ASHA_REDUCTION_FACTOR)
     return optuna.pruners.NopPruner()
