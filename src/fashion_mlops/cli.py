@@ -31,6 +31,12 @@ def cmd_validate(params: Params, manifest: Manifest, args: argparse.Namespace) -
         from fashion_mlops.tracking.store import check_reachable, tracking_uri
 
         check_reachable(tracking_uri(params))
+    sweep = params.sweep
+    if sweep.search != "grid":
+        keys = ", ".join(sweep.choices())
+        prune = f", pruning: {sweep.prune}" if sweep.prune != "none" else ""
+        print(f"{args.params}: valid; a {sweep.search} search of {sweep.trials} trial(s) over {keys}{prune}")
+        return
     print(f"{args.params}: valid; {len(cells)} run(s), architecture(s): {', '.join(sorted({c.arch for c in cells}))}")
 
 

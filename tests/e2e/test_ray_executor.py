@@ -203,6 +203,63 @@ def test_every_cell_logs_its_model_and_its_tensorboard_events(ray_sweep: Sweep) 
         assert len(events) == 1 and events[0].stat().st_size > 0
 
 
+# --- a sampled search through Ray Tune on the same head ----------------------------------------------------------
+
+SEARCH = {
+    "sweep.grid": {},
+    "sweep.search": "tpe",
+    "sweep.trials": 6,
+    "sweep.seed": 3,
+    "sweep.space": {"lr": {"low": 1e-4, "high": 0.3, "log": True}, "batch_size": [16, 64]},
+    "sweep.prune": "median",
+    "sweep.prune_warmup": 1,
+    "train.epochs": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_search(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> Sweep:
+    root = tmp_path_factory.mktemp("ray-search") / "work"
+    searched = run_sweep(root, sample_dataset, **SEARCH, **{"sweep.executor": "ray", "sweep.ray_address": ray_head})
+    evaluated = subprocess.run(
+        ["fashion-mlops", "evaluate"], cwd=root, env=cli_env(), capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    return searched
+
+
+def test_a_tpe_search_with_median_pruning_runs_as_ray_tune_trials(ray_search: Sweep) -> None:
+    runs = ray_search.runs()
+    (parent,) = [run for run in runs if run.data.tags.get(tags.KIND) == "sweep"]
+    assert parent.info.status == "FINISHED"
+    trials = [run for run in runs if run.data.tags.get(tags.SWEEP) == parent.info.run_id]
+    assert sorted(int(run.data.tags[tags.TRIAL]) for run in trials) == list(range(6))
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    pruned = [run for run in trials if run.data.tags.get(tags.TRIAL_STATE) == "pruned"]
+    finished = [run for run in trials if run.data.tags.get(tags.TRIAL_STATE) == "finished"]
+    assert pruned and finished and len(pruned) + len(finished) == 6
+    client = ray_search.client()
+    for run in pruned:
+        assert run.info.status == "KILLED"
+        reached = len(client.get_metric_history(run.info.run_id, "val_accuracy"))
+        assert run.data.tags[tags.FAILURE].startswith(f"pruned after epoch {reached} of 4 by the median rule")
+    for run in finished:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 4
+        assert run.data.tags[tags.MODEL_URI].startswith("models:/")  # logged by the trial's worker
+    summary = ray_search.report("sweep.json")
+    assert summary["pruned_runs"] == len(pruned) and summary["finished_runs"] == len(finished)
+
+
+def test_the_ray_searchs_best_finished_trial_is_promoted(ray_search: Sweep) -> None:
+    best = ray_search.report("best_run.json")
+    runs = {run.info.run_id: run for run in ray_search.runs()}
+    assert runs[best["run_id"]].data.tags[tags.TRIAL_STATE] == "finished"
+    registry = ray_search.params["registry"]
+    version = ray_search.client().get_model_version_by_alias(registry["model_name"], registry["alias"])
+    assert version.run_id == best["run_id"]
+
+
 def test_validate_refuses_a_relative_sqlite_store_for_a_cluster_in_one_line(
     sample_dataset: Path, tmp_path: Path
 ) -> None:

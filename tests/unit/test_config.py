@@ -290,6 +290,31 @@ def test_tutorial_grid_validates_and_expands_to_eight_cells_in_params_order(tmp_
     assert all(c.arch == "simple_cnn" and c.train.epochs == 3 for c in cells)
 
 
+def test_cli_validate_says_what_a_search_will_draw(tmp_path, monkeypatch, capsys, restore_sigterm):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(as_yaml(searched(prune="asha", grid={"arch": ["simple_cnn", "vgg_bn_small"]})))
+
+    assert main(["--params", str(path), "validate"]) == 0
+
+    out = capsys.readouterr().out
+    assert "valid; a tpe search of 6 trial(s) over arch, lr, pruning: asha" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no study yet, no store
+
+
+def test_the_repository_params_take_a_search_from_dvc_set_param(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes((REPO_ROOT / "params.yaml").read_bytes())
+    apply_overrides(
+        str(path), ["sweep.search=tpe", "sweep.prune=median", "++sweep.space={lr: {low: 1e-4, high: 0.1, log: true}}"]
+    )
+    params = load_params(path)
+    assert (params.sweep.search, params.sweep.prune) == ("tpe", "median")
+    assert params.sweep.space["lr"].log and params.sweep.space["lr"].low == 1e-4
+
+
 def test_cli_validate_reports_the_tutorial_grid_size(tmp_path, monkeypatch, capsys, restore_sigterm):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "params.yaml"

@@ -266,6 +266,7 @@ def _outcome(params: Params, runs: CellRuns, trial: _Trial) -> CellOutcome:
         _end_failed(outcome)
     elif last in ("FINISHED", "FAILED"):
         outcome.status = last
+        outcome.model_uri = _model_uri(outcome.run_id) if last == "FINISHED" else None
     else:
         outcome.status = "PRUNED"
         last_epoch = outcome.history[-1] if outcome.history else None
@@ -278,6 +279,19 @@ def _outcome(params: Params, runs: CellRuns, trial: _Trial) -> CellOutcome:
         )
         _finish_pruned(runs, outcome)
     return outcome
+
+
+def _model_uri(run_id: str | None) -> str | None:
+    """The model a finished trial's worker logged, as its run records it."""
+    if run_id is None:
+        return None
+    import mlflow
+
+    from fashion_mlops.tracking import tags
+    from fashion_mlops.tracking.runs import tracking_writes
+
+    with tracking_writes():
+        return mlflow.MlflowClient().get_run(run_id).data.tags.get(tags.MODEL_URI)
 
 
 def _finish_pruned(runs: CellRuns, outcome: CellOutcome) -> None:
