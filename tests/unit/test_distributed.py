@@ -68,6 +68,12 @@ def test_torchrun_refuses_worker_processes_and_ray(sweep) -> None:
         distributed.check_sweep(params(**sweep), World(rank=0, size=2))
 
 
+def test_torchrun_refuses_a_sampled_search() -> None:
+    search = {"search": "tpe", "grid": {}, "space": {"lr": [0.01, 0.001]}}
+    with pytest.raises(ConfigError, match="sweep.search = tpe: a sampled search runs its trials one by one"):
+        distributed.check_sweep(params(**search), World(rank=0, size=2))
+
+
 def test_one_process_is_never_refused_for_what_only_ddp_cannot_do() -> None:
     distributed.check_sweep(params(workers=2, grid={"batch_size": [33]}), World())
 
