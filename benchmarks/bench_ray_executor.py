@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench_tracking_design import cpu_description  # this folder is first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 1.10
@@ -66,9 +67,9 @@ def sweep_params(args: argparse.Namespace, workdir: Path, executor: str) -> dict
     return params
 
 
-def run_sweep(args: argparse.Namespace, executor: str, base: Path) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix=f"{executor}-", dir=base))
-    (workdir / "params.yaml").write_text(yaml.safe_dump(sweep_params(args, workdir, executor), sort_keys=False))
+def timed_sweep(workdir: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`fashion-mlops sweep` on workdir/params.yaml, with none of this shell's tracking or Ray overrides; the
+    finished process and its wall time from spawn to exit."""
     cli = Path(sys.executable).with_name("fashion-mlops")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     started = time.perf_counter()
@@ -79,7 +80,13 @@ def run_sweep(args: argparse.Namespace, executor: str, base: Path) -> dict[str, 
         capture_output=True,
         text=True,
     )
-    wall_s = time.perf_counter() - started
+    return done, time.perf_counter() - started
+
+
+def run_sweep(args: argparse.Namespace, executor: str, base: Path) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{executor}-", dir=base))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(sweep_params(args, workdir, executor), sort_keys=False))
+    done, wall_s = timed_sweep(workdir)
     if done.returncode != 0:
         sys.exit(f"{executor} sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
     runs = json.loads((workdir / "reports" / "sweep.json").read_text())["runs"]
@@ -93,20 +100,6 @@ def ray_start_cost(cpus: int) -> float:
         [sys.executable, "-c", RAY_START_SCRIPT.format(cpus=cpus)], capture_output=True, text=True, check=True
     )
     return float(done.stdout.strip().splitlines()[-1])
-
-
-def cpu_description() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    return f"{os.cpu_count()} vCPU {model}, {isa}"
 
 
 def main() -> None:

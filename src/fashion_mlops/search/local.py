@@ -69,7 +69,7 @@ def run_local_search(
         torch.set_num_threads(outcome.cell.train.threads or threads)
         run = tracking.runs.cell(outcome.cell)
         try:
-            run_cell(outcome, splits, run, _reporter(trial, outcome, bar, tracking.check))
+            run_cell(outcome, splits, run, _reporter(trial, params.sweep.prune, outcome, bar, tracking.check))
         except BaseException:
             _requeue(study, trial.number, trial.params)
             raise
@@ -106,7 +106,8 @@ def resume_trials(
             bar.update(outcome.cell.train.epochs)
         elif trial.state == TrialState.COMPLETE:  # its run or model is gone: train it again (Optuna has its value)
             torch.set_num_threads(outcome.cell.train.threads or threads)
-            run_cell(outcome, splits, tracking.runs.cell(outcome.cell), _reporter(None, outcome, bar, tracking.check))
+            reporter = _reporter(None, params.sweep.prune, outcome, bar, tracking.check)
+            run_cell(outcome, splits, tracking.runs.cell(outcome.cell), reporter)
         else:  # pruned or diverged, its run gone: listed without metrics
             outcome.status = "PRUNED" if trial.state == TrialState.PRUNED else "FAILED"
             outcome.failure = trial.user_attrs.get(FAILURE, "its run is no longer in the store")
@@ -115,7 +116,7 @@ def resume_trials(
 
 
 def _reporter(
-    trial: optuna.Trial | None, outcome: CellOutcome, bar: tqdm, check: Callable[[], None]
+    trial: optuna.Trial | None, rule: str, outcome: CellOutcome, bar: tqdm, check: Callable[[], None]
 ) -> Callable[[str, EpochResult], None]:
     """After each epoch: the bar, the export process's health, and the pruner's verdict (raising TrialPruned)."""
     from fashion_mlops.sweep import show_epoch
@@ -130,15 +131,9 @@ def _reporter(
         trial.report(result.val_accuracy, result.epoch)
         if trial.should_prune():
             bar.update(epochs - result.epoch)
-            raise TrialPruned(space.pruned_reason(_rule(trial), result.epoch, epochs, result.val_accuracy))
+            raise TrialPruned(space.pruned_reason(rule, result.epoch, epochs, result.val_accuracy))
 
     return on_epoch
-
-
-def _rule(trial: optuna.Trial) -> str:
-    return {"MedianPruner": "median", "SuccessiveHalvingPruner": "asha"}.get(
-        type(trial.study.pruner).__name__, "pruning"
-    )
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: CellOutcome) -> None:
