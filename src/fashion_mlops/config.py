@@ -184,6 +184,8 @@ class SweepConfig(_Strict):
     # Tune's median rule) or asha (asynchronous successive halving)
     prune: Literal["none", "median", "asha"] = "none"
     prune_warmup: int = Field(default=2, ge=0, le=1000)  # epochs every trial trains before it can be pruned
+    # a sampled search starts no trial once this many seconds have passed since its first (None: `trials` alone)
+    time_budget_s: float | None = Field(default=None, gt=0, le=MAX_WAIT_S * 30)
     workers: int = Field(default=1, ge=1, le=64)
     resume: bool = True
     # local: cells in this process or in `workers` local processes; ray: one Ray task per cell
@@ -226,6 +228,8 @@ class SweepConfig(_Strict):
                 raise ConfigError("sweep.space is drawn from by search random or tpe; with search grid use sweep.grid")
             if self.prune != "none":
                 raise ConfigError(f"sweep.prune = {self.prune!r} needs sweep.search random or tpe; use prune none")
+            if self.time_budget_s is not None:
+                raise ConfigError("sweep.time_budget_s bounds a search random or tpe; a grid trains every cell (null)")
             return self
         if self.workers > 1 and self.executor == "local":
             raise ConfigError(

@@ -190,6 +190,20 @@ def test_the_same_seed_draws_and_trains_the_same_trials(searched: Searched, samp
     assert csv_rows(root / "reports" / "sweep.csv") == csv_rows(searched.root / "reports" / "sweep.csv")
 
 
+def test_a_search_starts_no_trial_once_its_time_budget_is_spent(sample_dataset: Path, tmp_path: Path) -> None:
+    params = direct_params(sample_dataset, tmp_path)
+    params["sweep"]["time_budget_s"] = 0.5  # spent while the first trial trains
+    write_params(tmp_path / "params.yaml", params)
+    for command in (["download"], ["sweep"]):
+        done = subprocess.run(
+            ["fashion-mlops", *command], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "reports" / "sweep.json").read_text())
+    assert summary["total_runs"] == summary["finished_runs"] == 1
+    assert summary["runs"][summary["best_run"]]["epochs"] == EPOCHS  # the trial under way finished
+
+
 def test_an_interrupted_search_resumes_its_study(sample_dataset: Path, tmp_path: Path) -> None:
     root = tmp_path / "resumed"
     root.mkdir()

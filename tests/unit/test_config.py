@@ -197,6 +197,8 @@ BAD_INPUTS: list[tuple[str, str | None, tuple[str, ...]]] = [
         ("sweep.space.lr", "also in sweep.grid"),
     ),
     ("search-with-workers", as_yaml(searched(workers=2)), ("sweep.workers", "one after another")),
+    ("time-budget-with-grid", as_yaml(with_value("sweep.time_budget_s", 60)), ("sweep.time_budget_s", "a grid")),
+    ("time-budget-zero", as_yaml(searched(time_budget_s=0)), ("sweep.time_budget_s", "greater than 0")),
     ("params-file-missing", None, ("params.yaml", "not found")),
     ("params-file-not-yaml", "train: [epochs: 3\nsweep: {\n", ("params.yaml", "YAML")),
     ("params-file-a-list", as_yaml([valid_params()]), ("params.yaml", "mapping")),

@@ -70,7 +70,7 @@ def test_torchrun_refuses_worker_processes_and_ray(sweep) -> None:
 
 def test_torchrun_refuses_a_sampled_search() -> None:
     search = {"search": "tpe", "grid": {}, "space": {"lr": [0.01, 0.001]}}
-    with pytest.raises(ConfigError, match="sweep.search = tpe: a sampled search runs its trials one by one"):
+    with pytest.raises(ConfigError, match=r"sweep\.search = tpe: a sampled search runs its trials one by one"):
         distributed.check_sweep(params(**search), World(rank=0, size=2))
 
 

@@ -3,6 +3,7 @@ sampler, the pruners' warm-up, the study's name (a rerun of the same search resu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,11 @@ def test_a_trial_trains_at_most_the_top_of_an_epochs_range(tmp_path: Path) -> No
     assert space.max_epochs(search_params(tmp_path)) == 2  # tiny_params' train.epochs
     assert space.max_epochs(search_params(tmp_path, space={"epochs": {"low": 2, "high": 9}})) == 9
     assert space.max_epochs(search_params(tmp_path, space={"epochs": [3, 5]})) == 5
+
+
+def test_a_time_budget_is_spent_once_its_seconds_have_passed() -> None:
+    assert not space.Budget(None).spent()
+    budget = space.Budget(0.05)
+    assert not budget.spent()
+    time.sleep(0.06)
+    assert budget.spent()

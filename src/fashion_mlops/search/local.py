@@ -57,12 +57,14 @@ def run_local_search(
     bar: tqdm,
     threads: int,
 ) -> list[CellOutcome]:
-    """Train trials until `sweep.trials` are settled; returns every trial's outcome, earlier ones included."""
+    """Train trials until `sweep.trials` are settled or `sweep.time_budget_s` is spent; returns every trial's
+    outcome, earlier ones included."""
     from fashion_mlops.sweep import CellOutcome, run_cell  # late: sweep dispatches here
 
     outcomes = resume_trials(params, study, splits, tracking, bar, threads)
     distributions = space.distributions(params.sweep)
-    while len(settled(study)) < params.sweep.trials:
+    budget = space.Budget(params.sweep.time_budget_s)
+    while len(settled(study)) < params.sweep.trials and not budget.spent():
         trial = study.ask(distributions)
         outcome = CellOutcome(params.trial(trial.number, trial.params))
         outcomes.append(outcome)

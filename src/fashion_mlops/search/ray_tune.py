@@ -147,17 +147,21 @@ def _searcher(params: Params, study_name: str) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     class NumberedOptunaSearch(OptunaSearch):
-        def __init__(self, **settings: Any) -> None:
+        def __init__(self, budget_s: float | None, **settings: Any) -> None:
             super().__init__(**settings)
             self.drawn = 0
+            self.budget = space.Budget(budget_s)
 
-        def suggest(self, trial_id: str) -> dict | None:
+        def suggest(self, trial_id: str) -> dict | str | None:
+            if self.budget.spent():
+                return self.FINISHED  # the running trials finish; no new one starts
             config = super().suggest(trial_id)
             if isinstance(config, dict):
                 config, self.drawn = {**config, NUMBER: self.drawn}, self.drawn + 1
             return config
 
     return NumberedOptunaSearch(
+        params.sweep.time_budget_s,
         space=space.distributions(params.sweep),
         metric=METRIC,
         mode="max",

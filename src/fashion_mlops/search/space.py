@@ -4,6 +4,7 @@ name that identifies the study so that a rerun resumes it."""
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
     if sweep.prune == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=ASHA_REDUCTION_FACTOR)
     return optuna.pruners.NopPruner()
+
+
+class Budget:
+    """`sweep.time_budget_s` from the moment the search starts its first trial: no trial starts once it is spent."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.started >= self.seconds
 
 
 def max_epochs(params: Params) -> int:

@@ -432,7 +432,11 @@ def sweep_params(params: Params, n_runs: int) -> dict[str, Any]:
     sweep = params.sweep
     searched = sweep.search != "grid"
     fixed = {k: v for k, v in params.train.model_dump().items() if k not in sweep.grid and k not in sweep.space}
-    search = {"space": str(sweep.space), "seed": sweep.seed, "prune": sweep.prune} if searched else {}
+    search = (
+        {"space": str(sweep.space), "seed": sweep.seed, "prune": sweep.prune, "time_budget_s": sweep.time_budget_s}
+        if searched
+        else {}
+    )
     return {
         **fixed,
         "arch": params.model.arch,
