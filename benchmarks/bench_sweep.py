@@ -518,6 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def precision_path(base: dict[str, Any], device: str) -> str:
+    """Which precision the project's sweeps train in on this machine, and why (the reference loop is fp32)."""
+    from fashion_mlops.train import pick_device, precision_choice
+
+    precision = (base.get("train") or {}).get("precision", "auto")
+    bf16, why = precision_choice(precision, pick_device(device))
+    return f"{'bf16' if bf16 else 'fp32'} ({why})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.epochs is None:
@@ -539,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp_root = Path(tempfile.mkdtemp(prefix="bench-sweep-", dir=args.tmp_dir))
     print(f"working folders under {tmp_root}", flush=True)
+    print(f"precision: {precision_path(base, args.device)}", flush=True)
     repeats: list[dict[str, Any]] = []
     failed = True
     try:

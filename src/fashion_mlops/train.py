@@ -133,8 +133,33 @@ def loss_and_accuracy(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[fl
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast when asked, or by default on CUDA; on CPU it pays where the CPU has bf16 instructions."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """bf16 autocast when asked; with `auto`, on CUDA and on a CPU with native bf16 instructions."""
+    return precision_choice(precision, device)[0]
+
+
+def precision_choice(precision: str, device: torch.device) -> tuple[bool, str]:
+    """(whether training autocasts to bf16, and why), for `train.precision` on `device`."""
+    if precision != "auto":
+        return precision == "bf16", f"train.precision: {precision}"
+    if device.type == "cuda":
+        return True, "auto on CUDA: bf16"
+    if device.type != "cpu":
+        return False, f"auto on {device.type}: fp32"
+    native = native_bf16_cpu()
+    if native:
+        return True, f"auto on a CPU with {native}: bf16"
+    # emulated bf16 (AVX2, AVX-512 without BF16) converts every operand and runs slower than fp32
+    return False, "auto on a CPU without AVX512-BF16 or AMX: fp32"
+
+
+def native_bf16_cpu() -> str | None:
+    """The instructions that make bf16 fast on this CPU (AMX, AVX512-BF16), or None."""
+    checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
+    for name, check in checks.items():
+        supported = getattr(torch.cpu, check, None)
+        if supported is not None and supported():
+            return name
+    return None
 
 
 def resolved_settings(cfg: TrainConfig, threads: int) -> dict[str, object]:

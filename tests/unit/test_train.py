@@ -17,7 +17,9 @@ from fashion_mlops.train import (
     augment,
     evaluate,
     pick_device,
+    precision_choice,
     predict_logits,
+    resolved_settings,
     train,
     uses_bf16,
 )
@@ -179,3 +181,40 @@ def test_training_on_cuda_in_bf16_learns_and_reports_the_cuda_device(tiny_splits
 
     assert device.type == "cuda" and uses_bf16("auto", device)
     assert history[-1].val_accuracy > 0.5
+
+
+# precision -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [
+        (False, False, (False, "without AVX512-BF16 or AMX: fp32")),
+        (False, True, (True, "with AVX512-BF16: bf16")),
+        (True, True, (True, "with AMX: bf16")),
+    ],
+)
+def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+    bf16, why = precision_choice("auto", CPU)
+
+    assert (bf16, why.split("CPU ")[1]) == expected
+    assert uses_bf16("auto", CPU) == expected[0]
+    assert resolved_settings(tiny_config(precision="auto"), threads=1)["bf16"] == expected[0]
+
+
+def test_an_explicit_precision_is_taken_on_any_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert precision_choice("fp32", CPU) == (False, "train.precision: fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert precision_choice("bf16", CPU) == (True, "train.precision: bf16")
+
+
+def test_no_config_hard_codes_bf16():
+    from helpers import REPO_ROOT
+
+    for path in [REPO_ROOT / "params.yaml", *sorted((REPO_ROOT / "configs").glob("*.yaml"))]:
+        assert "precision: bf16" not in path.read_text(), path
