@@ -133,7 +133,11 @@ def run_sweep(
             splits = load_training_data(params, manifest)
             # every epoch is drawn (no rate limiting): a few hundred lines at most, and a log (or a test) reading
             # the bar sees each count
-            epochs = sum(o.cell.train.epochs for o in outcomes) or n_runs * _most_epochs(params)
+            epochs = sum(o.cell.train.epochs for o in outcomes)
+            if searched:
+                from fashion_mlops.search.space import max_epochs  # late: a grid sweep does not import Optuna
+
+                epochs = n_runs * max_epochs(params)
             with tqdm(
                 total=epochs, desc="sweep", unit="epoch", mininterval=0, miniters=1, disable=not launched.leader
             ) as bar:
@@ -187,12 +191,6 @@ def run_search(
 
     study = open_study(params, space.study_storage(tracking_uri(params)), name)
     return run_local_search(params, study, splits, tracking, bar, threads)
-
-
-def _most_epochs(params: Params) -> int:
-    from fashion_mlops.search.space import max_epochs
-
-    return max_epochs(params)
 
 
 def run_cell(outcome: CellOutcome, splits: Splits, run: CellRun, on_epoch: EpochDone) -> CellOutcome:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,10 +23,10 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing import event_accumulator
-from test_pipeline import copy_project, e2e_params, run_command, subprocess_env
+from test_pipeline import commit_all, copy_project, e2e_params, init_repo, run_command, subprocess_env
 
 from fashion_mlops.tracking import tags
-from helpers import REPO_ROOT, write_params
+from helpers import write_params
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +98,9 @@ def project_repo(sample_dataset: Path, root: Path) -> tuple[dict[str, Any], dict
     params["tracking"]["histogram_every"] = 0
     write_params(root / "params.yaml", params)
     env = subprocess_env(root)
-    run_command(["git", "init", "-q", "-b", "main"], root, env)
-    run_command(["dvc", "init", "-q"], root, env)
-    shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
+    init_repo(root, env)
     run_command(["dvc", "repro", "download"], root, env)  # into DVC's cache: the copies check it out from there
-    run_command(["git", "add", "-A"], root, env)
-    run_command(["git", "commit", "-q", "-m", "e2e: project with tiny params and its data"], root, env)
+    commit_all(root, env, "e2e: project with tiny params and its data")
     return params, env
 
 

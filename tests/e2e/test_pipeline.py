@@ -94,6 +94,18 @@ def subprocess_env(root: Path) -> dict[str, str]:
     return env
 
 
+def init_repo(root: Path, env: dict[str, str]) -> None:
+    """A git repository and DVC in `root`, with the project's DVC config; nothing committed yet."""
+    run_command(["git", "init", "-q", "-b", "main"], root, env)
+    run_command(["dvc", "init", "-q"], root, env)
+    shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
+
+
+def commit_all(root: Path, env: dict[str, str], message: str) -> None:
+    run_command(["git", "add", "-A"], root, env)
+    run_command(["git", "commit", "-q", "-m", message], root, env)
+
+
 def copy_project(dest: Path) -> None:
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
@@ -126,11 +138,8 @@ def pipeline(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     params = e2e_params(sample_dataset, root)
     write_params(root / "params.yaml", params)
     env = subprocess_env(root)
-    run_command(["git", "init", "-q", "-b", "main"], root, env)
-    run_command(["dvc", "init", "-q"], root, env)
-    shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
-    run_command(["git", "add", "-A"], root, env)
-    run_command(["git", "commit", "-q", "-m", "e2e: project snapshot with tiny params"], root, env)
+    init_repo(root, env)
+    commit_all(root, env, "e2e: project snapshot with tiny params")
     repro = run_command(["dvc", "repro"], root, env)
     return Pipeline(root=root, env=env, params=params, repro=repro)
 

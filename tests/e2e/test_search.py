@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -22,10 +21,10 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_pipeline import copy_project, e2e_params, run_command, subprocess_env
+from test_pipeline import commit_all, copy_project, e2e_params, init_repo, run_command, subprocess_env
 
 from fashion_mlops.tracking import tags
-from helpers import REPO_ROOT, VENV_BIN, tiny_params, write_params
+from helpers import VENV_BIN, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +80,8 @@ def searched(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     params["sweep"] = dict(SEARCH)
     write_params(root / "params.yaml", params)
     env = subprocess_env(root)
-    run_command(["git", "init", "-q", "-b", "main"], root, env)
-    run_command(["dvc", "init", "-q"], root, env)
-    shutil.copy2(REPO_ROOT / ".dvc" / "config", root / ".dvc" / "config")
-    run_command(["git", "add", "-A"], root, env)
-    run_command(["git", "commit", "-q", "-m", "e2e: a TPE search with median pruning"], root, env)
+    init_repo(root, env)
+    commit_all(root, env, "e2e: a TPE search with median pruning")
     repro = run_command(["dvc", "repro", "evaluate"], root, env)
     return Searched(root, env, params, repro)
 

@@ -196,18 +196,16 @@ class CellRunFactory:
 
     def cell_tags(self, cell: Cell, tensorboard_dir: str) -> dict[str, str]:
         """The tags of one grid cell's (or search trial's) child run of this sweep."""
-        trial = {tags.TRIAL: str(cell.index)} if self.params.sweep.search != "grid" else {}
-        return (
-            self.tags
-            | trial
-            | {
-                tags.KIND: "cell",
-                tags.SWEEP: self.sweep_run_id,
-                tags.FINGERPRINT: self.fingerprint(cell),
-                tags.TENSORBOARD: tensorboard_dir,
-                tags.PARENT: self.sweep_run_id,
-            }
-        )
+        found = self.tags | {
+            tags.KIND: "cell",
+            tags.SWEEP: self.sweep_run_id,
+            tags.FINGERPRINT: self.fingerprint(cell),
+            tags.TENSORBOARD: tensorboard_dir,
+            tags.PARENT: self.sweep_run_id,
+        }
+        if self.params.sweep.search != "grid":
+            found[tags.TRIAL] = str(cell.index)
+        return found
 
 
 class MlflowCellRun:
