@@ -86,3 +86,27 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> N
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+# --- the CLI under test ----------------------------------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    """The environment the CLI runs in under test: the venv on PATH, no tracking or Ray overrides, unbuffered."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_sweep(root: Path) -> subprocess.Popen[str]:
+    """`fashion-mlops sweep` in `root`, in a session of its own (signals reach it and its children), output piped."""
+    return subprocess.Popen(
+        ["fashion-mlops", "sweep"],
+        cwd=root,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

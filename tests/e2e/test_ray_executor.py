@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from fashion_mlops.tracking import tags
-from helpers import VENV_BIN, free_port, stop_group, tiny_params, write_params
+from helpers import VENV_BIN, cli_env, free_port, start_sweep, stop_group, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -51,31 +51,12 @@ class Sweep:
         return client.search_runs([experiment.experiment_id])
 
 
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def prepare(root: Path, dataset: Path, **overrides: Any) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     params = tiny_params(dataset, root, **{"sweep.grid": TWO_CELLS, **overrides})
     write_params(root / "params.yaml", params)
     subprocess.run(["fashion-mlops", "download"], cwd=root, env=cli_env(), check=True, capture_output=True)
     return params
-
-
-def start_sweep(root: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["fashion-mlops", "sweep"],
-        cwd=root,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def run_sweep(root: Path, dataset: Path, **overrides: Any) -> Sweep:

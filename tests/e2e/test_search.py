@@ -15,16 +15,15 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_pipeline import commit_all, copy_project, e2e_params, init_repo, run_command, subprocess_env
+from test_pipeline import Pipeline, commit_all, copy_project, e2e_params, init_repo, run_command, subprocess_env
 
 from fashion_mlops.tracking import tags
-from helpers import VENV_BIN, tiny_params, write_params
+from helpers import cli_env, start_sweep, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -43,21 +42,6 @@ SWEEP_TIMEOUT_S = 600
 COMPARED = ("run", "status", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "batch_size")
 
 
-@dataclass(frozen=True)
-class Searched:
-    root: Path
-    env: dict[str, str]
-    params: dict[str, Any]
-    repro: subprocess.CompletedProcess[str]
-
-    def client(self) -> MlflowClient:
-        uri = f"sqlite:///{self.root / 'mlflow.db'}"
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-    def report(self, name: str) -> Any:
-        return json.loads((self.root / "reports" / name).read_text())
-
-
 def trials_of(client: MlflowClient, experiment: str) -> tuple[Any, list[Any]]:
     """(the newest sweep's parent run, its child runs by trial number)."""
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -72,7 +56,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def searched(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Searched:
+def searched(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("search") / "repo"
     copy_project(root)
     params = e2e_params(sample_dataset, root)
@@ -83,7 +67,7 @@ def searched(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     init_repo(root, env)
     commit_all(root, env, "e2e: a TPE search with median pruning")
     repro = run_command(["dvc", "repro", "evaluate"], root, env)
-    return Searched(root, env, params, repro)
+    return Pipeline(root=root, env=env, params=params, repro=repro)
 
 
 def direct_params(sample_dataset: Path, root: Path) -> dict[str, Any]:
@@ -94,14 +78,7 @@ def direct_params(sample_dataset: Path, root: Path) -> dict[str, Any]:
     return params
 
 
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def test_repro_runs_the_search_and_reports_every_trial(searched: Searched) -> None:
+def test_repro_runs_the_search_and_reports_every_trial(searched: Pipeline) -> None:
     assert "Running stage 'train_sweep'" in searched.repro.stdout
     summary = searched.report("sweep.json")
     assert summary["total_runs"] == TRIALS
@@ -113,7 +90,7 @@ def test_repro_runs_the_search_and_reports_every_trial(searched: Searched) -> No
     assert sorted(name.split("-")[1] for name in statuses) == [f"{n:03d}" for n in range(TRIALS)]
 
 
-def test_pruned_trials_are_killed_runs_tagged_pruned_that_keep_the_epochs_they_trained(searched: Searched) -> None:
+def test_pruned_trials_are_killed_runs_tagged_pruned_that_keep_the_epochs_they_trained(searched: Pipeline) -> None:
     client = searched.client()
     parent, children = trials_of(client, searched.params["tracking"]["experiment"])
     assert parent.info.status == "FINISHED"
@@ -137,7 +114,7 @@ def test_pruned_trials_are_killed_runs_tagged_pruned_that_keep_the_epochs_they_t
     assert parent.data.metrics["pruned_runs"] == len(pruned)
 
 
-def test_the_best_trial_is_a_finished_one_and_holds_the_alias(searched: Searched) -> None:
+def test_the_best_trial_is_a_finished_one_and_holds_the_alias(searched: Pipeline) -> None:
     client = searched.client()
     _, children = trials_of(client, searched.params["tracking"]["experiment"])
     best = searched.report("best_run.json")
@@ -151,7 +128,7 @@ def test_the_best_trial_is_a_finished_one_and_holds_the_alias(searched: Searched
     assert version.run_id == best["run_id"] == searched.report("evaluation.json")["run_id"]
 
 
-def test_sweep_csv_and_tensorboard_show_the_pruned_trials_beside_the_finished(searched: Searched) -> None:
+def test_sweep_csv_and_tensorboard_show_the_pruned_trials_beside_the_finished(searched: Pipeline) -> None:
     rows = csv_rows(searched.root / "reports" / "sweep.csv")
     assert {row["status"] for row in rows} == {"FINISHED", "PRUNED"}
     _, children = trials_of(searched.client(), searched.params["tracking"]["experiment"])
@@ -162,14 +139,14 @@ def test_sweep_csv_and_tensorboard_show_the_pruned_trials_beside_the_finished(se
         assert any(b"trial_state" in path.read_bytes() and state in path.read_bytes() for path in events)
 
 
-def test_dvc_sees_the_search_as_params_and_metrics(searched: Searched) -> None:
+def test_dvc_sees_the_search_as_params_and_metrics(searched: Pipeline) -> None:
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], searched.root, searched.env).stdout)
     assert "pruned_runs" in json.dumps(shown)
     diff = run_command(["dvc", "params", "diff", "--all", "--json"], searched.root, searched.env).stdout
     assert "sweep.search" in diff and "sweep.space.lr.low" in diff
 
 
-def test_the_same_seed_draws_and_trains_the_same_trials(searched: Searched, sample_dataset: Path, tmp_path: Path):
+def test_the_same_seed_draws_and_trains_the_same_trials(searched: Pipeline, sample_dataset: Path, tmp_path: Path):
     root = tmp_path / "again"
     root.mkdir()
     write_params(root / "params.yaml", direct_params(sample_dataset, root))
@@ -207,18 +184,11 @@ def test_an_interrupted_search_resumes_its_study(sample_dataset: Path, tmp_path:
     write_params(root / "params.yaml", params)
     subprocess.run(["fashion-mlops", "download"], cwd=root, env=cli_env(), check=True, capture_output=True)
     client = MlflowClient(tracking_uri=params["tracking"]["mlflow_uri"])
-    sweep = subprocess.Popen(
-        ["fashion-mlops", "sweep"],
-        cwd=root,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    sweep = start_sweep(root)
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
     settled: list[Any] = []
     while len(settled) < 2:  # two trials settled, the third under way
-        assert sweep.poll() is None, sweep.stdout.read().decode()[-3000:]
+        assert sweep.poll() is None, sweep.stdout.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
         experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
