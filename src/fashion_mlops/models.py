@@ -31,26 +31,37 @@ class SimpleCNN(nn.Module):
         return self.out(x)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
+def _conv_bn_relu(in_channels: int, out_channels: int, pool_first: bool = False) -> list[nn.Module]:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+    pool = [nn.MaxPool2d(2)] if pool_first else []
+    return [conv, *pool, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
 class VggBN(nn.Module):
-    """A VGG-style CNN with BatchNorm: blocks of 3x3 conv-BN-ReLU, each block ending in max-pool 2."""
+    """A VGG-style CNN with BatchNorm: blocks of 3x3 conv-BN-ReLU, each block ending in max-pool 2.
 
-    def __init__(self, blocks: tuple[tuple[int, ...], ...], dropout: float, num_classes: int = NUM_CLASSES):
+    With `pool_first` (one conv per block) the max-pool comes straight after the convolution: BatchNorm and ReLU,
+    memory-bound on the CPU, then work on a quarter of the pixels.
+    """
+
+    def __init__(
+        self,
+        blocks: tuple[tuple[int, ...], ...],
+        dropout: float,
+        num_classes: int = NUM_CLASSES,
+        pool_first: bool = False,
+    ):
         super().__init__()
+        if pool_first and any(len(block) != 1 for block in blocks):
+            raise ValueError("pool_first needs one convolution per block")
         layers: list[nn.Module] = []
         channels = 1
         for block in blocks:
             for width in block:
-                layers += _conv_bn_relu(channels, width)
+                layers += _conv_bn_relu(channels, width, pool_first)
                 channels = width
-            layers.append(nn.MaxPool2d(2))
+            if not pool_first:
+                layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         side = 28 >> len(blocks)
         self.classifier = nn.Sequential(
@@ -66,6 +77,9 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "simple_cnn": SimpleCNN,
     # 3 blocks of one conv each (32/64/128 channels)
     "vgg_bn_small": lambda: VggBN(blocks=((32,), (64,), (128,)), dropout=0.2),
+    # 3 blocks of one conv each (24/48/96 channels), max-pool before BN-ReLU: the default pipeline's, about half
+    # the CPU time of vgg_bn_small per epoch
+    "vgg_bn_lean": lambda: VggBN(blocks=((24,), (48,), (96,)), dropout=0.2, pool_first=True),
     # 3 blocks, two convs in the wider blocks (32 / 64,64 / 128,128): slower, more accurate
     "vgg_bn_medium": lambda: VggBN(blocks=((32,), (64, 64), (128, 128)), dropout=0.3),
 }

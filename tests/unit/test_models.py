@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from fashion_mlops.config import ModelConfig
-from fashion_mlops.models import ARCHITECTURES, NUM_CLASSES, SimpleCNN, build_model
+from fashion_mlops.models import ARCHITECTURES, NUM_CLASSES, SimpleCNN, VggBN, build_model
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -73,8 +73,17 @@ def test_simple_cnn_parameter_count():
 
 
 def test_vgg_variants_use_batch_norm():
-    for arch in ("vgg_bn_small", "vgg_bn_medium"):
+    for arch in ("vgg_bn_small", "vgg_bn_lean", "vgg_bn_medium"):
         assert any(isinstance(m, nn.BatchNorm2d) for m in build_model(arch).modules())
+
+
+def test_lean_vgg_pools_straight_after_each_convolution():
+    layers = [type(m) for m in build_model("vgg_bn_lean").features]
+
+    assert layers == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU] * 3
+    assert build_model("vgg_bn_lean")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="one convolution per block"):
+        VggBN(blocks=((8,), (16, 16)), dropout=0.0, pool_first=True)
 
 
 def test_unknown_architecture_raises_value_error_listing_allowed_names():
