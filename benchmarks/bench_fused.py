@@ -182,6 +182,15 @@ class StackedAdam:
 # --- the training steps ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """K models' training, one way: `run(steps)` trains each of them `steps` steps; `parameters()` gives each model's
+    parameters in its own module order (cut out of the stacked ones where fused)."""
+
+    run: Callable[[int], None]
+    parameters: Callable[[], list[list[torch.Tensor]]]
+
+
 class Orders:
     """Each model's own data order, epoch after epoch (a seeded generator per model, as the sweep draws it)."""
 
@@ -199,7 +208,7 @@ class Orders:
         return self.orders[i][start : start + self.batch_size]
 
 
-def unfused_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders) -> Callable:
+def unfused_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders) -> Trainer:
     optimizers = [torch.optim.Adam(m.parameters(), lr=c.lr, fused=True) for m, c in zip(models, members, strict=True)]
     for model in models:
         model.to(memory_format=torch.channels_last).train()
@@ -217,7 +226,7 @@ def unfused_trainer(models: list[nn.Module], members: list[Member], split: Split
                 optimizer.step()
                 sums[i] += loss.detach() * len(batch)
 
-    return run
+    return Trainer(run, lambda: [list(m.parameters()) for m in models])
 
 
 def stacked_input(split: Split, orders: Orders, k: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +236,7 @@ def stacked_input(split: Split, orders: Orders, k: int, step: int) -> tuple[torc
     return to_float(images, channels_last=True), torch.stack([split.labels[b] for b in batches])
 
 
-def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders, dense: bool):
+def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders, dense: bool) -> Trainer:
     net = widen(models, dense).to(memory_format=torch.channels_last).train()
     optimizer = StackedAdam(list(net.parameters()), torch.tensor([m.lr for m in members]))
     k, loss_sum = len(models), torch.zeros(len(models))
@@ -242,20 +251,22 @@ def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, o
             optimizer.step()
             loss_sum = loss_sum + losses.detach() * y.shape[1]
 
-    return run, net
+    return Trainer(run, lambda: unstack(net, k))
 
 
-def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders):
+def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders) -> Trainer:
     params, buffers = stack_module_state(models)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     base = copy.deepcopy(models[0]).to("meta")  # the architecture only; the weights come in as arguments
     optimizer = StackedAdam(list(params.values()), torch.tensor([m.lr for m in members]))
-    k = len(models)
+    k, loss_sum = len(models), torch.zeros(len(models))
+    names = [name for name, _ in models[0].named_parameters()]
 
     def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (x,))
 
     def run(steps: int) -> None:
+        nonlocal loss_sum
         for step in range(steps):
             batches = [orders.batch(i, step) for i in range(k)]
             x = to_float(torch.stack([split.images[b] for b in batches]), channels_last=False)
@@ -264,8 +275,9 @@ def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, o
             losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
             losses.sum().backward()
             optimizer.step()
+            loss_sum = loss_sum + losses.detach() * y.shape[1]
 
-    return run, params
+    return Trainer(run, lambda: [[params[name][i] for name in names] for i in range(k)])
 
 
 # --- measuring ------------------------------------------------------------------------------------------------
@@ -281,41 +293,28 @@ def fresh_models(arch: str, members: list[Member]) -> list[nn.Module]:
     return models
 
 
-def trainer(variant: str, arch: str, members: list[Member], split: Split, batch_size: int) -> Callable:
+def trainer(variant: str, arch: str, members: list[Member], split: Split, batch_size: int) -> Trainer:
     models = fresh_models(arch, members)
     orders = Orders(members, len(split), batch_size)
     if variant == "unfused":
         return unfused_trainer(models, members, split, orders)
     if variant == "vmap":
-        return vmap_trainer(models, members, split, orders)[0]
-    return wide_trainer(models, members, split, orders, dense=variant == "dense")[0]
+        return vmap_trainer(models, members, split, orders)
+    return wide_trainer(models, members, split, orders, dense=variant == "dense")
 
 
 def largest_difference(variant: str, arch: str, members: list[Member], split: Split, batch_size: int) -> float:
-    """Train `variant` and the unfused models a few steps from the same start; the largest parameter gap.
-
-    BatchNorm in training mode and dropout make the comparison meaningful only for networks without dropout
-    (dropout draws its masks differently); the tutorial network has none.
-    """
-    steps = 5
-    reference = fresh_models(arch, members)
-    unfused_trainer(reference, members, split, Orders(members, len(split), batch_size))(steps)
-    models = fresh_models(arch, members)
-    orders = Orders(members, len(split), batch_size)
-    if variant == "vmap":
-        run, params = vmap_trainer(models, members, split, orders)
-        run(steps)
-        names = [name for name, _ in models[0].named_parameters()]
-        fused = [[params[name][i] for name in names] for i in range(len(members))]
-    else:
-        run, net = wide_trainer(models, members, split, orders, dense=variant == "dense")
-        run(steps)
-        fused = unstack(net, len(members))
-    gaps = []
-    for model, theirs in zip(reference, fused, strict=True):
-        ours = list(model.parameters())
-        gaps += [(a.detach() - b.detach()).abs().max().item() for a, b in zip(ours, theirs, strict=True)]
-    return max(gaps)
+    """Train `variant` and the unfused models 5 steps from the same weights on the same batches; the largest gap
+    between their parameters. Float rounding only for a network without dropout (a fused network draws its dropout
+    masks differently); the tutorial network has none."""
+    reference, fused = (trainer(v, arch, members, split, batch_size) for v in ("unfused", variant))
+    reference.run(5)
+    fused.run(5)
+    return max(
+        (ours - theirs).detach().abs().max().item()
+        for model, fused_model in zip(reference.parameters(), fused.parameters(), strict=True)
+        for ours, theirs in zip(model, fused_model, strict=True)
+    )
 
 
 def unstack(net: nn.Sequential, k: int) -> list[list[torch.Tensor]]:
@@ -354,7 +353,7 @@ def measure(args: argparse.Namespace, split: Split) -> dict:
         for round_ in range(args.repeat):
             order = args.variants[round_ % len(args.variants) :] + args.variants[: round_ % len(args.variants)]
             for variant in order:
-                run = trainer(variant, args.arch, members, split, batch)
+                run = trainer(variant, args.arch, members, split, batch).run
                 run(2)  # warm-up: oneDNN primitives, allocator
                 started = time.perf_counter()
                 run(steps)
