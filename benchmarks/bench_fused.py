@@ -236,6 +236,11 @@ def stacked_input(split: Split, orders: Orders, k: int, step: int) -> tuple[torc
     return to_float(images, channels_last=True), torch.stack([split.labels[b] for b in batches])
 
 
+def per_model_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each model's mean cross-entropy, from logits [K, batch, classes] and labels [K, batch]."""
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(len(labels), -1).mean(1)
+
+
 def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders, dense: bool) -> Trainer:
     net = widen(models, dense).to(memory_format=torch.channels_last).train()
     optimizer = StackedAdam(list(net.parameters()), torch.tensor([m.lr for m in members]))
@@ -246,7 +251,7 @@ def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, o
         for step in range(steps):
             x, y = stacked_input(split, orders, k, step)
             logits = net(x).float()  # [K, batch, classes]
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+            losses = per_model_losses(logits, y)
             losses.sum().backward()  # each model's gradient is that of its own mean loss
             optimizer.step()
             loss_sum = loss_sum + losses.detach() * y.shape[1]
@@ -272,7 +277,7 @@ def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, o
             x = to_float(torch.stack([split.images[b] for b in batches]), channels_last=False)
             y = torch.stack([split.labels[b] for b in batches])
             logits = vmap(forward, randomness="different")(params, buffers, x).float()
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+            losses = per_model_losses(logits, y)
             losses.sum().backward()
             optimizer.step()
             loss_sum = loss_sum + losses.detach() * y.shape[1]
