@@ -28,12 +28,13 @@ default pipeline's network.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,32 @@ from fashion_mlops.models import build_model  # noqa: E402
 from fashion_mlops.train import to_float  # noqa: E402
 
 BETAS, EPS = (0.9, 0.999), 1e-8
+DEVICE = torch.device("cpu")  # set from --device in main()
+
+
+def device_description() -> str:
+    """The CPU with its ISA flags, or the GPU's name when the benchmark runs on CUDA."""
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+    return cpu_description()
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """cuDNN convolutions in full fp32 (no TF32) and deterministic, for the parameter check; the timed runs keep
+    torch's defaults, as the sweep does."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = saved
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a timer reads finished steps (nothing to wait for on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +105,7 @@ class WideConv(nn.Module):
         weight = torch.cat([c.weight.detach() for c in convs])
         if dense:  # [K*out, K*in, kh, kw], model i's weights on the i-th diagonal block
             out, inp = first.out_channels, first.in_channels
-            mask = torch.block_diag(*[torch.ones(out, inp)] * k)[:, :, None, None]
+            mask = torch.block_diag(*[torch.ones(out, inp, device=weight.device)] * k)[:, :, None, None]
             weight = weight.repeat(1, k, 1, 1) * mask
             self.register_buffer("mask", mask)
         self.weight = nn.Parameter(weight)
@@ -197,7 +224,7 @@ class Orders:
     def __init__(self, members: list[Member], n: int, batch_size: int) -> None:
         self.members, self.n, self.batch_size = members, n, batch_size
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
-        self.orders = [self._order(i) for i in range(len(members))]
+        self.orders = [self._order(i).to(DEVICE) for i in range(len(members))]
 
     def _order(self, i: int) -> torch.Tensor:
         member = self.members[i]
@@ -212,7 +239,7 @@ def unfused_trainer(models: list[nn.Module], members: list[Member], split: Split
     optimizers = [torch.optim.Adam(m.parameters(), lr=c.lr, fused=True) for m, c in zip(models, members, strict=True)]
     for model in models:
         model.to(memory_format=torch.channels_last).train()
-    sums = [torch.zeros(()) for _ in models]
+    sums = [torch.zeros((), device=DEVICE) for _ in models]
 
     def run(steps: int) -> None:
         for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
@@ -243,8 +270,8 @@ def per_model_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders, dense: bool) -> Trainer:
     net = widen(models, dense).to(memory_format=torch.channels_last).train()
-    optimizer = StackedAdam(list(net.parameters()), torch.tensor([m.lr for m in members]))
-    k, loss_sum = len(models), torch.zeros(len(models))
+    optimizer = StackedAdam(list(net.parameters()), torch.tensor([m.lr for m in members], device=DEVICE))
+    k, loss_sum = len(models), torch.zeros(len(models), device=DEVICE)
 
     def run(steps: int) -> None:
         nonlocal loss_sum
@@ -263,8 +290,8 @@ def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, o
     params, buffers = stack_module_state(models)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     base = copy.deepcopy(models[0]).to("meta")  # the architecture only; the weights come in as arguments
-    optimizer = StackedAdam(list(params.values()), torch.tensor([m.lr for m in members]))
-    k, loss_sum = len(models), torch.zeros(len(models))
+    optimizer = StackedAdam(list(params.values()), torch.tensor([m.lr for m in members], device=DEVICE))
+    k, loss_sum = len(models), torch.zeros(len(models), device=DEVICE)
     names = [name for name, _ in models[0].named_parameters()]
 
     def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +321,7 @@ def fresh_models(arch: str, members: list[Member]) -> list[nn.Module]:
     models = []
     for member in members:
         torch.manual_seed(member.seed)  # the sweep seeds each cell so before building its model
-        models.append(build_model(arch))
+        models.append(build_model(arch).to(DEVICE))
     return models
 
 
@@ -311,10 +338,12 @@ def trainer(variant: str, arch: str, members: list[Member], split: Split, batch_
 def largest_difference(variant: str, arch: str, members: list[Member], split: Split, batch_size: int) -> float:
     """Train `variant` and the unfused models 5 steps from the same weights on the same batches; the largest gap
     between their parameters. Float rounding only for a network without dropout (a fused network draws its dropout
-    masks differently); the tutorial network has none."""
-    reference, fused = (trainer(v, arch, members, split, batch_size) for v in ("unfused", variant))
-    reference.run(5)
-    fused.run(5)
+    masks differently); the tutorial network has none. On CUDA the check turns TF32 off: its 10-bit mantissa makes
+    rounding noise that Adam turns into steps of a whole lr wherever a gradient is near zero, hiding a real gap."""
+    with strict_fp32():
+        reference, fused = (trainer(v, arch, members, split, batch_size) for v in ("unfused", variant))
+        reference.run(5)
+        fused.run(5)
     return max(
         (ours - theirs).detach().abs().max().item()
         for model, fused_model in zip(reference.parameters(), fused.parameters(), strict=True)
@@ -348,7 +377,8 @@ def unstack(net: nn.Sequential, k: int) -> list[list[torch.Tensor]]:
 
 def measure(args: argparse.Namespace, split: Split) -> dict:
     groups = {batch: [Member(lr, shuffle) for lr in args.lr for shuffle in (True, False)] for batch in args.batch_size}
-    results: dict = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "arch": args.arch, "groups": {}}
+    results: dict = {"device": device_description(), "threads": torch.get_num_threads(), "arch": args.arch}
+    results["groups"] = {}
     for batch, members in groups.items():
         steps_per_epoch = -(-len(split) // batch)
         steps = max(1, round(steps_per_epoch * args.fraction))
@@ -359,9 +389,11 @@ def measure(args: argparse.Namespace, split: Split) -> dict:
             order = args.variants[round_ % len(args.variants) :] + args.variants[: round_ % len(args.variants)]
             for variant in order:
                 run = trainer(variant, args.arch, members, split, batch).run
-                run(2)  # warm-up: oneDNN primitives, allocator
+                run(2)  # warm-up: oneDNN primitives or cuDNN plans, the allocator
+                synchronize()
                 started = time.perf_counter()
                 run(steps)
+                synchronize()
                 times[variant].append((time.perf_counter() - started) / model_epochs)
         medians = {v: statistics.median(t) for v, t in times.items()}
         ratios = {
@@ -398,15 +430,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.25, help="share of an epoch each round trains")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to see whether fusion pays on a GPU")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     if "unfused" not in args.variants:
         args.variants.insert(0, "unfused")
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     manifest = load_manifest(args.manifest)
     split = train_val_split(load_split(manifest, Path(args.data_dir), "train"), 5000, 42).train
-    print(f"{cpu_description()}; {torch.get_num_threads()} threads; {args.arch}; {len(split)} training images")
+    split = split.to(DEVICE)
+    print(f"{device_description()}; {torch.get_num_threads()} threads; {args.arch}; {len(split)} training images")
     results = measure(args, split)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
