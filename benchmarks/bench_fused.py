@@ -182,9 +182,10 @@ def widen(models: list[nn.Module], dense: bool) -> nn.Sequential:
 class StackedAdam:
     """Adam (torch's update rule) over parameters whose first dimension holds K models' slices, lr per model."""
 
-    def __init__(self, params: list[torch.Tensor], lrs: torch.Tensor) -> None:
+    def __init__(self, params: list[torch.Tensor], lrs: list[float]) -> None:
         self.params, self.step_count = params, 0
-        self.lrs = [self._per_slice(lrs, p) for p in params]
+        per_model = torch.tensor(lrs, device=params[0].device)
+        self.lrs = [self._per_slice(per_model, p) for p in params]
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
@@ -270,7 +271,7 @@ def per_model_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def wide_trainer(models: list[nn.Module], members: list[Member], split: Split, orders: Orders, dense: bool) -> Trainer:
     net = widen(models, dense).to(memory_format=torch.channels_last).train()
-    optimizer = StackedAdam(list(net.parameters()), torch.tensor([m.lr for m in members], device=DEVICE))
+    optimizer = StackedAdam(list(net.parameters()), [m.lr for m in members])
     k, loss_sum = len(models), torch.zeros(len(models), device=DEVICE)
 
     def run(steps: int) -> None:
@@ -290,7 +291,7 @@ def vmap_trainer(models: list[nn.Module], members: list[Member], split: Split, o
     params, buffers = stack_module_state(models)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     base = copy.deepcopy(models[0]).to("meta")  # the architecture only; the weights come in as arguments
-    optimizer = StackedAdam(list(params.values()), torch.tensor([m.lr for m in members], device=DEVICE))
+    optimizer = StackedAdam(list(params.values()), [m.lr for m in members])
     k, loss_sum = len(models), torch.zeros(len(models), device=DEVICE)
     names = [name for name, _ in models[0].named_parameters()]
 
