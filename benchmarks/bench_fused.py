@@ -378,8 +378,12 @@ def unstack(net: nn.Sequential, k: int) -> list[list[torch.Tensor]]:
 
 def measure(args: argparse.Namespace, split: Split) -> dict:
     groups = {batch: [Member(lr, shuffle) for lr in args.lr for shuffle in (True, False)] for batch in args.batch_size}
-    results: dict = {"device": device_description(), "threads": torch.get_num_threads(), "arch": args.arch}
-    results["groups"] = {}
+    results: dict = {
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+        "arch": args.arch,
+        "groups": {},
+    }
     for batch, members in groups.items():
         steps_per_epoch = -(-len(split) // batch)
         steps = max(1, round(steps_per_epoch * args.fraction))
